@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/integration/fakem365"
+	"github.com/spf13/cobra"
+)
+
+func newServeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the relay: SMTP listener, queue, delivery and admin server",
+		Args:  cobra.NoArgs,
+		RunE:  notYet("serve (the relay)"),
+	}
+	cmd.Flags().String("listen", "", "SMTP listen address (listen.addr)")
+	cmd.Flags().String("admin", "", "admin HTTP address (admin.addr)")
+	cmd.Flags().String("spool", "", "spool folder (spool.dir)")
+	configs.BindFlag(cmd.Flags(), "listen", "listen.addr")
+	configs.BindFlag(cmd.Flags(), "admin", "admin.addr")
+	configs.BindFlag(cmd.Flags(), "spool", "spool.dir")
+	return cmd
+}
+
+func newDemoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "demo",
+		Short: "Run a relay against a built-in fake Microsoft 365 and send one message through it",
+		Args:  cobra.NoArgs,
+		RunE:  notYet("demo (it needs the relay)"),
+	}
+}
+
+func newConnectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "connect ACCOUNT",
+		Short: "Connect an account to Microsoft 365 (sign-in and consent)",
+		Args:  cobra.ExactArgs(1),
+		RunE:  notYet("connect"),
+	}
+}
+
+func newAccountsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "accounts",
+		Short: "List accounts and their connection state",
+		Args:  cobra.NoArgs,
+		RunE:  notYet("accounts"),
+	}
+}
+
+func newQueueCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "queue",
+		Short: "Inspect and manage the queue (list, show, retry, delete, flush, requeue)",
+		RunE:  notYet("queue"),
+	}
+}
+
+func newSendCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "send",
+		Short: "Send a test message to the local listener",
+		RunE:  notYet("send"),
+	}
+}
+
+func newFakeM365Cmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "fake-m365",
+		Short:  "Run a fake Microsoft 365 (Entra ID + SMTP) on 127.0.0.1 for testing",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := fakem365.Start()
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			caFile, _ := cmd.Flags().GetString("ca-out")
+			if err := m.WriteCA(caFile); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "entra_authority: %s\nsmtp_addr: %s\nca_file: %s\n", m.Entra.URL, m.SMTP.Addr, caFile)
+			fmt.Fprintln(w, "# point accounts[].authority and upstream.addr/ca_file here; Ctrl-C stops")
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.Flags().String("ca-out", os.TempDir()+"/fakem365-ca.pem", "where to write the fake's CA certificate")
+	return cmd
+}

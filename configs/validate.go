@@ -1,0 +1,258 @@
+package configs
+
+import (
+	"fmt"
+	"net"
+	"net/mail"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Problem is one thing wrong with the configuration: the key and what to do.
+type Problem struct {
+	Key string
+	Msg string
+}
+
+func (p Problem) String() string { return p.Key + ": " + p.Msg }
+
+// Problems is every problem found; it is an error when non-empty.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return fmt.Sprintf("configuration has %d problem(s):\n  %s", len(ps), strings.Join(lines, "\n  "))
+}
+
+var accountName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Validate checks c and returns every problem found.
+func Validate(c *Config) Problems {
+	var p Problems
+	add := func(key, format string, args ...any) {
+		p = append(p, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	hostPort := func(key, val, example string) {
+		if _, port, err := net.SplitHostPort(val); err != nil || port == "" {
+			add(key, "%q is not host:port — e.g. %s", val, example)
+		}
+	}
+
+	hostPort("listen.addr", c.Listen.Addr, "127.0.0.1:2525")
+	if len(c.Listen.AllowedNetworks) == 0 {
+		add("listen.allowed_networks", "empty — nobody could send; list the networks of your applications, e.g. [127.0.0.0/8]")
+	}
+	for i, n := range c.Listen.AllowedNetworks {
+		if _, err := ParseNetwork(n); err != nil {
+			add(fmt.Sprintf("listen.allowed_networks[%d]", i), "%q is not a CIDR or IP address — e.g. 10.0.0.0/8 or 192.0.2.7", n)
+		}
+	}
+	if c.Listen.MaxMessageBytes <= 0 {
+		add("listen.max_message_bytes", "must be positive — e.g. 36700160 (35 MiB, Microsoft's default mailbox limit)")
+	}
+	if c.Listen.MaxRecipients < 1 {
+		add("listen.max_recipients", "must be at least 1 — RFC 5321 asks for 100")
+	}
+	if c.Listen.MaxSessions < 1 {
+		add("listen.max_sessions", "must be at least 1 — e.g. 100")
+	}
+	if c.Listen.ReadTimeout <= 0 || c.Listen.WriteTimeout <= 0 {
+		add("listen.read_timeout", "read_timeout and write_timeout must be positive — e.g. 5m")
+	}
+	if (c.Listen.TLS.CertFile == "") != (c.Listen.TLS.KeyFile == "") {
+		add("listen.tls", "cert_file and key_file go together — set both to enable STARTTLS, or neither")
+	}
+	if c.Listen.Auth.Required && c.Listen.Auth.UsersFile == "" {
+		add("listen.auth.required", "true but listen.auth.users_file is empty — name a file of user:bcrypt-hash lines")
+	}
+
+	hostPort("admin.addr", c.Admin.Addr, "127.0.0.1:8025")
+	if c.Admin.PublicURL != "" {
+		if u, err := url.Parse(c.Admin.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("admin.public_url", "%q is not an http(s) URL — e.g. https://relay.contoso.com (the OAuth redirect URI is this + /oauth/callback)", c.Admin.PublicURL)
+		}
+	}
+
+	if c.Spool.Dir == "" {
+		add("spool.dir", "missing — the folder where accepted mail is kept, e.g. /var/lib/oauthrelay/spool")
+	}
+	if c.Spool.FailedRetention <= 0 {
+		add("spool.failed_retention", "must be positive — e.g. 168h (a week)")
+	}
+	if c.Keysafe.Path == "" {
+		add("keysafe.path", "missing — the encrypted token file, e.g. /var/lib/oauthrelay/keysafe.bin")
+	}
+	if c.Keysafe.Key != "" && c.Keysafe.KeyFile != "" {
+		add("keysafe.key", "set together with keysafe.key_file — keep only one")
+	}
+	if c.Tokens.RefreshSkew < 0 || c.Tokens.RefreshSkew >= 50*60e9 {
+		add("tokens.refresh_skew", "must be between 0 and 50m (access tokens live about 60m) — e.g. 5m")
+	}
+	if c.Tokens.BackgroundRefresh <= 0 {
+		add("tokens.background_refresh", "must be positive — e.g. 24h (refresh tokens expire after 90 days unused)")
+	}
+
+	d := c.Delivery
+	if d.Workers < 1 {
+		add("delivery.workers", "must be at least 1 — e.g. 16")
+	}
+	if d.Connections < 1 {
+		add("delivery.connections", "must be at least 1 — Microsoft allows 3 per mailbox")
+	}
+	if d.RatePerMinute < 0 {
+		add("delivery.rate_per_minute", "must be 0 (unlimited) or positive — Microsoft allows 30 per mailbox")
+	}
+	if d.MessagesPerConnection < 1 {
+		add("delivery.messages_per_connection", "must be at least 1 — e.g. 100")
+	}
+	if d.IdleTimeout <= 0 || d.DialTimeout <= 0 || d.CommandTimeout <= 0 {
+		add("delivery", "idle_timeout, dial_timeout and command_timeout must be positive — e.g. 60s, 30s, 5m")
+	}
+	if len(d.Retry) == 0 {
+		add("delivery.retry", "empty — list the delays between attempts, e.g. [1m, 5m, 15m, 30m, 1h, 2h, 4h]")
+	}
+	for i, r := range d.Retry {
+		if r <= 0 {
+			add(fmt.Sprintf("delivery.retry[%d]", i), "must be positive, e.g. 5m")
+		}
+	}
+	if d.Jitter < 0 || d.Jitter >= 1 {
+		add("delivery.jitter", "must be in [0, 1) — e.g. 0.1 for ±10%%")
+	}
+	if d.MaxAge <= 0 {
+		add("delivery.max_age", "must be positive — e.g. 120h (5 days, as Postfix)")
+	}
+
+	hostPort("upstream.addr", c.Upstream.Addr, "smtp.office365.com:587")
+	switch c.Upstream.TLS {
+	case "starttls", "implicit":
+	case "none":
+		if !c.Upstream.InsecureAllowPlaintext {
+			add("upstream.tls", "\"none\" would send OAuth tokens in clear text — use starttls (or, for tests only, also set upstream.insecure_allow_plaintext: true)")
+		}
+	default:
+		add("upstream.tls", "%q is not one of starttls, implicit", c.Upstream.TLS)
+	}
+	if c.Upstream.Hostname == "" {
+		add("upstream.hostname", "missing — the name sent with EHLO, e.g. relay.contoso.com")
+	}
+
+	if len(c.Accounts) == 0 {
+		add("accounts", "none configured — add at least one Microsoft 365 mailbox (see configs/oauthrelay.yaml)")
+	}
+	names := map[string]int{}
+	for i := range c.Accounts {
+		validateAccount(fmt.Sprintf("accounts[%d]", i), &c.Accounts[i], names, i, add)
+	}
+
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	return p
+}
+
+func validateAccount(key string, a *Account, names map[string]int, i int, add func(key, format string, args ...any)) {
+	switch {
+	case a.Name == "":
+		add(key+".name", "missing — a short name such as \"helpdesk\" (letters, digits, - and _)")
+	case !accountName.MatchString(a.Name):
+		add(key+".name", "%q must be lower-case letters, digits, - and _ (it appears in URLs)", a.Name)
+	default:
+		if j, dup := names[a.Name]; dup {
+			add(key+".name", "%q is already used by accounts[%d] — names must be unique", a.Name, j)
+		}
+		names[a.Name] = i
+	}
+	if a.Provider != "microsoft" {
+		add(key+".provider", "%q is not supported — use microsoft", a.Provider)
+	}
+	if a.Tenant == "" {
+		add(key+".tenant", "missing — your tenant ID (a GUID) or verified domain such as contoso.onmicrosoft.com")
+	}
+	if a.ClientID == "" {
+		add(key+".client_id", "missing — the Application (client) ID of your Entra app registration")
+	}
+	switch a.Flow {
+	case FlowAuthorizationCode, FlowDeviceCode:
+	case FlowClientCredentials:
+		if a.ClientSecret == "" {
+			add(key+".client_secret", "missing — the client_credentials flow needs the app's client secret (use ${VAR} or client_secret_file)")
+		}
+		switch strings.ToLower(a.Tenant) {
+		case "common", "organizations", "consumers":
+			add(key+".tenant", "%q cannot be used with client_credentials — give the tenant ID or domain", a.Tenant)
+		}
+	default:
+		add(key+".flow", "%q is not one of authorization_code, device_code, client_credentials", a.Flow)
+	}
+	if a.Mailbox == "" {
+		add(key+".mailbox", "missing — the mailbox address the relay signs in as")
+	} else if addr, err := mail.ParseAddress(a.Mailbox); err != nil || addr.Address != a.Mailbox {
+		add(key+".mailbox", "%q is not a plain e-mail address — e.g. helpdesk@contoso.com", a.Mailbox)
+	}
+	if len(a.Senders) == 0 {
+		add(key+".senders", "empty — list the envelope senders this account sends for, e.g. [\"*@contoso.com\"]")
+	}
+	for j, s := range a.Senders {
+		if err := checkSenderPattern(s); err != nil {
+			add(fmt.Sprintf("%s.senders[%d]", key, j), "%q %v", s, err)
+		}
+	}
+	if u, err := url.Parse(a.Authority); err != nil || u.Host == "" {
+		add(key+".authority", "%q is not a URL — leave it unset for %s", a.Authority, DefaultAuthority)
+	} else if u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname())) {
+		add(key+".authority", "%q must be https (plain http only for a loopback test server)", a.Authority)
+	}
+	switch a.RewriteSender {
+	case RewriteOff, RewriteEnvelope, RewriteFrom:
+	default:
+		add(key+".rewrite_sender", "%q is not one of off, envelope, from", a.RewriteSender)
+	}
+}
+
+func checkSenderPattern(s string) error {
+	if s == "*" {
+		return nil
+	}
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || domain == "" || local == "" || strings.Contains(domain, "@") {
+		return fmt.Errorf("is not a sender pattern — use user@domain, *@domain or *")
+	}
+	if strings.Contains(domain, "*") && !strings.HasPrefix(domain, "*.") {
+		return fmt.Errorf("may only use * at the start of the domain (*@*.contoso.com)")
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
+}
+
+// ParseNetwork reads a CIDR or a single address.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
