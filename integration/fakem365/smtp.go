@@ -67,18 +67,18 @@ type SMTP struct {
 	authOK  atomic.Int64
 	counter map[Stage]int
 
-	mu             sync.Mutex
-	messages       []Message
-	notify         chan struct{}
-	faults         map[Stage]map[int]*smtp.SMTPError // stage -> nth (1-based) -> reply
-	nextFaults     map[Stage][]*smtp.SMTPError
-	sendAsCheck    bool
-	authDisabled   map[string]bool
-	maxConcurrent  int
-	ratePerMinute  int
-	sent           []time.Time
-	dropData       int
-	delay          time.Duration
+	mu            sync.Mutex
+	messages      []Message
+	notify        chan struct{}
+	faults        map[Stage]map[int]*smtp.SMTPError // stage -> nth (1-based) -> reply
+	nextFaults    map[Stage][]*smtp.SMTPError
+	sendAsCheck   bool
+	authDisabled  map[string]bool
+	maxConcurrent int
+	ratePerMinute int
+	sent          []time.Time
+	dropData      int
+	delay         time.Duration
 }
 
 // NewSMTP starts a fake submission server on 127.0.0.1 that checks XOAUTH2

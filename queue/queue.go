@@ -1,0 +1,948 @@
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Outcome is what happened to one recipient in one attempt.
+type Outcome int
+
+const (
+	Deferred  Outcome = iota // temporary: retried on schedule
+	Delivered                // upstream answered 2xx
+	Failed                   // permanent: the sender is told
+)
+
+// RcptResult is the outcome for one recipient.
+type RcptResult struct {
+	Addr    string
+	Outcome Outcome
+	Reply   Reply
+}
+
+// Result is what a Deliverer reports for one attempt.
+type Result struct {
+	// Recipients has an entry per recipient of the Delivery; one without an
+	// entry is deferred.
+	Recipients []RcptResult
+	// PauseAccount, when set, says the account cannot send at all (its token
+	// cannot be obtained, Microsoft refuses its login). The attempt is not
+	// counted, recipients keep their state, nothing bounces, and the account
+	// is paused with this reason until Resume.
+	PauseAccount string
+	// RetryAfter asks that the next attempt come no sooner (throttling).
+	RetryAfter time.Duration
+}
+
+// Delivery is one attempt at one message, for its pending recipients.
+type Delivery struct {
+	ID       string
+	Account  string
+	From     string
+	To       []string
+	SMTPUTF8 bool
+	EightBit bool
+	IsBounce bool
+	Attempt  int
+	Size     int64
+	Arrived  time.Time
+	open     func() (io.ReadCloser, error)
+}
+
+// Open returns the message bytes; the caller must close it.
+func (d *Delivery) Open() (io.ReadCloser, error) { return d.open() }
+
+// Deliverer attempts deliveries. Deliver must return when ctx is done.
+type Deliverer interface {
+	Deliver(ctx context.Context, d *Delivery) Result
+}
+
+// DelivererFunc adapts a function to Deliverer.
+type DelivererFunc func(ctx context.Context, d *Delivery) Result
+
+func (f DelivererFunc) Deliver(ctx context.Context, d *Delivery) Result { return f(ctx, d) }
+
+// Bounce is handed to the bounce hook once per finished message with failed
+// recipients (never for the null sender or for a bounce).
+type Bounce struct {
+	Meta   *Meta
+	Failed []Recipient
+	// Open returns the original message, for its headers.
+	Open func() (io.ReadCloser, error)
+}
+
+// BounceFunc sends a DSN; it should enqueue it durably before returning.
+type BounceFunc func(ctx context.Context, b *Bounce) error
+
+// RetryPolicy says when attempts are made.
+type RetryPolicy struct {
+	// Delays after the 1st, 2nd, … failed attempt; the last repeats.
+	Delays []time.Duration
+	// Jitter spreads each delay by ± this fraction.
+	Jitter float64
+	// MaxAge after which pending recipients fail with 4.4.7.
+	MaxAge time.Duration
+}
+
+// DefaultRetry is 1m, 5m, 15m, 30m, 1h, 2h, 4h, then every 4h, ±10%, for 5 days.
+func DefaultRetry() RetryPolicy {
+	return RetryPolicy{
+		Delays: []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour},
+		Jitter: 0.1,
+		MaxAge: 5 * 24 * time.Hour,
+	}
+}
+
+// Delay is the wait after failed attempt number attempt (1-based). rnd
+// returns a number in [0, 1); nil uses math/rand.
+func (p RetryPolicy) Delay(attempt int, rnd func() float64) time.Duration {
+	if len(p.Delays) == 0 {
+		return time.Minute
+	}
+	i := min(max(attempt, 1), len(p.Delays)) - 1
+	d := p.Delays[i]
+	if p.Jitter > 0 {
+		if rnd == nil {
+			rnd = rand.Float64
+		}
+		d = time.Duration(float64(d) * (1 + p.Jitter*(2*rnd()-1)))
+	}
+	return d
+}
+
+// Options configure a Queue. Timings are fields so tests run in milliseconds.
+type Options struct {
+	Dir       string
+	Deliverer Deliverer
+	Bounce    BounceFunc // nil: failed messages are kept in failed/ without a DSN
+	// Workers is how many deliveries run at once over all accounts.
+	Workers int
+	// AccountConcurrency is how many deliveries of one account run at once.
+	AccountConcurrency int
+	Retry              RetryPolicy
+	// FailedRetention: failed/ messages older than this are removed.
+	FailedRetention time.Duration
+	Logger          *slog.Logger
+	Now             func() time.Time
+	// StepHook is called between the write steps of Enqueue (crash tests).
+	StepHook func(step string)
+}
+
+// Errors returned by operations.
+var (
+	ErrNotFound = errors.New("no such message")
+	ErrBusy     = errors.New("message is being delivered right now; try again in a moment")
+	ErrClosed   = errors.New("queue is closed")
+)
+
+// Queue is the durable queue and its scheduler.
+type Queue struct {
+	opts  Options
+	store *store
+	log   *slog.Logger
+
+	ctx    context.Context // delivery context, cancelled at the Close deadline
+	cancel context.CancelFunc
+	kick   chan struct{}
+	done   chan struct{}
+	loop   sync.WaitGroup
+	wg     sync.WaitGroup // deliveries in flight
+
+	mu       sync.Mutex
+	closing  bool
+	items    map[string]*item
+	waiting  itemHeap           // not yet due, by next attempt
+	ready    map[string][]*item // due, per account, FIFO
+	order    []string           // accounts in round-robin order
+	rr       int                // next account to serve
+	paused   map[string]string  // account -> reason
+	limits   map[string]int     // account -> concurrency override
+	inflight map[string]int     // account -> deliveries running
+	running  int                // deliveries running in all
+	failed   map[string]*Meta   // failed/ by id
+}
+
+type place int
+
+const (
+	inHeap place = iota
+	inReady
+	inFlight
+)
+
+type item struct {
+	meta  *Meta // as last written to disk; immutable once set (readers clone it)
+	next  time.Time
+	index int // in waiting, when where == inHeap
+	where place
+}
+
+type itemHeap []*item
+
+func (h itemHeap) Len() int           { return len(h) }
+func (h itemHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h itemHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
+func (h *itemHeap) Push(x any)        { it := x.(*item); it.index = len(*h); *h = append(*h, it) }
+func (h *itemHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.index = -1
+	return it
+}
+
+// Open opens (creating if needed) the spool at opts.Dir, recovers it from
+// any earlier stop, and starts the scheduler.
+func Open(opts Options) (*Queue, error) {
+	if opts.Deliverer == nil {
+		return nil, errors.New("queue: Options.Deliverer is required")
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 16
+	}
+	if opts.AccountConcurrency <= 0 {
+		opts.AccountConcurrency = 3
+	}
+	if len(opts.Retry.Delays) == 0 && opts.Retry.MaxAge == 0 {
+		opts.Retry = DefaultRetry()
+	}
+	if opts.Retry.MaxAge <= 0 {
+		opts.Retry.MaxAge = DefaultRetry().MaxAge
+	}
+	if opts.FailedRetention <= 0 {
+		opts.FailedRetention = 7 * 24 * time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	st, err := openStore(opts.Dir, opts.StepHook, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	live, failed, err := st.recoverSpool()
+	if err != nil {
+		return nil, fmt.Errorf("queue: recovering %s: %w", opts.Dir, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	q := &Queue{
+		opts: opts, store: st, log: opts.Logger,
+		ctx: ctx, cancel: cancel,
+		kick: make(chan struct{}, 1), done: make(chan struct{}),
+		items: map[string]*item{}, ready: map[string][]*item{},
+		paused: map[string]string{}, limits: map[string]int{}, inflight: map[string]int{},
+		failed: map[string]*Meta{},
+	}
+	for _, m := range live {
+		it := &item{meta: m, next: m.NextAttempt}
+		q.items[m.ID] = it
+		heap.Push(&q.waiting, it)
+	}
+	for _, m := range failed {
+		q.failed[m.ID] = m
+	}
+	q.pruneFailed()
+	if len(live) > 0 || len(failed) > 0 {
+		q.log.Info("queue: opened", "dir", opts.Dir, "live", len(live), "failed", len(failed))
+	}
+	q.loop.Add(1)
+	go q.run()
+	return q, nil
+}
+
+func (q *Queue) now() time.Time { return q.opts.Now() }
+
+func (q *Queue) poke() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Enqueue stores a message durably and schedules it at once. It returns only
+// after body and meta are on disk (fsynced, renamed, directories fsynced);
+// the caller may acknowledge the message then and not before. Disk errors
+// wrap ErrDiskTrouble. The body is streamed, never held in memory.
+func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (string, error) {
+	if len(env.To) == 0 {
+		return "", errors.New("queue: envelope has no recipients")
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	q.mu.Lock()
+	closing := q.closing
+	q.mu.Unlock()
+	if closing {
+		return "", ErrClosed
+	}
+	now := q.now()
+	id := newID(now)
+	m, err := q.store.enqueue(id, body, func(size int64) *Meta {
+		m := &Meta{
+			Version: MetaVersion, ID: id, From: env.From, Account: env.Account,
+			SMTPUTF8: env.SMTPUTF8, EightBit: env.EightBit, IsBounce: env.IsBounce,
+			ClientAddr: env.ClientAddr, Size: size, Arrived: now, AgeFrom: now, NextAttempt: now,
+		}
+		for _, to := range env.To {
+			m.Recipients = append(m.Recipients, Recipient{Addr: to, State: StateQueued, Updated: now})
+		}
+		return m
+	})
+	if err != nil {
+		return "", err
+	}
+	q.mu.Lock()
+	it := &item{meta: m, next: now}
+	q.items[id] = it
+	q.makeReady(it)
+	q.mu.Unlock()
+	q.poke()
+	return id, nil
+}
+
+// makeReady appends it to its account's ready list; caller holds q.mu.
+func (q *Queue) makeReady(it *item) {
+	a := it.meta.Account
+	if _, known := q.ready[a]; !known {
+		q.order = append(q.order, a)
+	}
+	it.where = inReady
+	q.ready[a] = append(q.ready[a], it)
+}
+
+func (q *Queue) limit(account string) int {
+	if n, ok := q.limits[account]; ok {
+		return n
+	}
+	return q.opts.AccountConcurrency
+}
+
+// run is the scheduler: a heap ordered by next attempt and one timer; no
+// polling. It wakes on the timer, on a kick (enqueue, finished delivery,
+// resume, retry) or to prune failed/.
+func (q *Queue) run() {
+	defer q.loop.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	prune := time.NewTicker(min(time.Hour, q.opts.FailedRetention))
+	defer prune.Stop()
+	for {
+		wake := q.schedule()
+		timer.Stop()
+		select {
+		case <-timer.C:
+		default:
+		}
+		if wake > 0 {
+			timer.Reset(wake)
+		}
+		select {
+		case <-q.done:
+			return
+		case <-q.kick:
+		case <-timer.C:
+		case <-prune.C:
+			q.mu.Lock()
+			q.pruneFailed()
+			q.mu.Unlock()
+		}
+	}
+}
+
+// schedule moves due items to ready, expires what waits too long on a
+// paused account, starts deliveries within the limits, and returns how long
+// to sleep (0: nothing to wait for).
+func (q *Queue) schedule() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closing {
+		return 0
+	}
+	now := q.now()
+	for q.waiting.Len() > 0 && !q.waiting[0].next.After(now) {
+		q.makeReady(heap.Pop(&q.waiting).(*item))
+	}
+	var wake time.Time
+	for a, reason := range q.paused {
+		keep := q.ready[a][:0]
+		for _, it := range q.ready[a] {
+			exp := it.meta.AgeFrom.Add(q.opts.Retry.MaxAge)
+			if !now.Before(exp) {
+				q.start(it, reason)
+				continue
+			}
+			if wake.IsZero() || exp.Before(wake) {
+				wake = exp
+			}
+			keep = append(keep, it)
+		}
+		q.ready[a] = keep
+	}
+	for q.running < q.opts.Workers {
+		it := q.nextReady()
+		if it == nil {
+			break
+		}
+		q.start(it, "")
+	}
+	if q.waiting.Len() > 0 && (wake.IsZero() || q.waiting[0].next.Before(wake)) {
+		wake = q.waiting[0].next
+	}
+	if wake.IsZero() {
+		return 0
+	}
+	return max(wake.Sub(now), time.Millisecond)
+}
+
+// nextReady picks the next item round-robin over accounts that are not
+// paused and below their concurrency limit; caller holds q.mu.
+func (q *Queue) nextReady() *item {
+	for range len(q.order) {
+		a := q.order[q.rr%len(q.order)]
+		q.rr++
+		if _, p := q.paused[a]; p || len(q.ready[a]) == 0 || q.inflight[a] >= q.limit(a) {
+			continue
+		}
+		it := q.ready[a][0]
+		q.ready[a] = q.ready[a][1:]
+		return it
+	}
+	return nil
+}
+
+// start runs an attempt (or, with expireReason, an expiry) in a worker;
+// caller holds q.mu.
+func (q *Queue) start(it *item, pausedReason string) {
+	it.where = inFlight
+	a := it.meta.Account
+	q.inflight[a]++
+	q.running++
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		next, live := q.attempt(it, pausedReason)
+		q.mu.Lock()
+		q.inflight[a]--
+		q.running--
+		if live {
+			if _, p := q.paused[a]; p && next.IsZero() {
+				q.makeReady(it) // waits for Resume
+			} else {
+				it.next = next
+				it.where = inHeap
+				heap.Push(&q.waiting, it)
+			}
+		}
+		q.mu.Unlock()
+		q.poke()
+	}()
+}
+
+// attempt delivers it once. It returns the next attempt time and whether
+// the message is still live; a zero time with live means "wait for resume".
+func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
+	prev := it.meta
+	now := q.now()
+	deadline := prev.AgeFrom.Add(q.opts.Retry.MaxAge)
+	if !now.Before(deadline) || pausedReason != "" {
+		return q.expire(it, pausedReason)
+	}
+	m := prev.clone()
+	m.Attempts++
+	m.LastAttempt = now
+	m.NextAttempt = q.nextTime(m, now, 0)
+	var to []string
+	for i := range m.Recipients {
+		r := &m.Recipients[i]
+		if r.State.Pending() {
+			r.State, r.Updated = StateInflight, now
+			to = append(to, r.Addr)
+		}
+	}
+	if len(to) == 0 {
+		return q.finish(it, m)
+	}
+	// Record before acting: a crash during delivery resumes at NextAttempt,
+	// with the attempt counted, instead of looping.
+	if err := q.store.writeMeta(m); err != nil {
+		q.log.Error("queue: cannot record attempt; will retry", "id", m.ID, "error", err.Error())
+		return now.Add(q.opts.Retry.Delay(1, nil)), true
+	}
+	q.setMeta(it, m)
+
+	d := &Delivery{
+		ID: m.ID, Account: m.Account, From: m.From, To: to,
+		SMTPUTF8: m.SMTPUTF8, EightBit: m.EightBit, IsBounce: m.IsBounce,
+		Attempt: m.Attempts, Size: m.Size, Arrived: m.Arrived,
+		open: func() (io.ReadCloser, error) { return q.store.openBody(m.ID) },
+	}
+	res := q.opts.Deliverer.Deliver(q.ctx, d)
+	now = q.now()
+	m = m.clone() // it.meta is shared with readers: never change it in place
+
+	if res.PauseAccount != "" {
+		// Not the message's fault: undo the attempt, wait for Resume.
+		back := prev.clone()
+		if err := q.store.writeMeta(back); err != nil {
+			q.log.Error("queue: cannot record pause", "id", m.ID, "error", err.Error())
+		}
+		q.setMeta(it, back)
+		q.Pause(m.Account, res.PauseAccount)
+		return time.Time{}, true
+	}
+
+	byAddr := make(map[string]RcptResult, len(res.Recipients))
+	for _, r := range res.Recipients {
+		byAddr[r.Addr] = r
+	}
+	for i := range m.Recipients {
+		r := &m.Recipients[i]
+		if r.State != StateInflight {
+			continue
+		}
+		rr, ok := byAddr[r.Addr]
+		if !ok {
+			rr = RcptResult{Outcome: Deferred, Reply: Reply{Code: 451, Enhanced: "4.4.0", Text: "delivery ended without a reply for this recipient"}}
+		}
+		reply := rr.Reply
+		r.Last, r.Updated = &reply, now
+		switch rr.Outcome {
+		case Delivered:
+			r.State = StateDelivered
+		case Failed:
+			r.State = StateFailed
+		default:
+			r.State = StateDeferred
+		}
+	}
+	if len(m.Pending()) == 0 {
+		return q.finish(it, m)
+	}
+	m.NextAttempt = q.nextTime(m, now, res.RetryAfter)
+	if err := q.store.writeMeta(m); err != nil {
+		q.log.Error("queue: cannot record attempt result", "id", m.ID, "error", err.Error())
+	}
+	q.setMeta(it, m)
+	return m.NextAttempt, true
+}
+
+// nextTime is the retry time after m.Attempts failed attempts, never later
+// than the max-age deadline (the message then expires on time).
+func (q *Queue) nextTime(m *Meta, now time.Time, atLeast time.Duration) time.Time {
+	d := max(q.opts.Retry.Delay(m.Attempts, nil), atLeast)
+	next := now.Add(d)
+	if deadline := m.AgeFrom.Add(q.opts.Retry.MaxAge); next.After(deadline) {
+		next = deadline
+	}
+	return next
+}
+
+func (q *Queue) setMeta(it *item, m *Meta) {
+	q.mu.Lock()
+	it.meta = m
+	q.mu.Unlock()
+}
+
+// expire fails every pending recipient with 4.4.7.
+func (q *Queue) expire(it *item, pausedReason string) (time.Time, bool) {
+	m := it.meta.clone()
+	now := q.now()
+	text := fmt.Sprintf("message expired: not delivered within %s", q.opts.Retry.MaxAge)
+	if pausedReason != "" {
+		text += "; the account " + m.Account + " needed reconnecting: " + pausedReason
+	}
+	for i := range m.Recipients {
+		r := &m.Recipients[i]
+		if !r.State.Pending() {
+			continue
+		}
+		t := text
+		if r.Last != nil && pausedReason == "" {
+			t += "; last reply: " + r.Last.String()
+		}
+		r.State, r.Updated = StateFailed, now
+		r.Last = &Reply{Code: 451, Enhanced: "4.4.7", Text: t}
+	}
+	q.log.Warn("queue: message expired", "id", m.ID, "account", m.Account, "age", now.Sub(m.Arrived).Round(time.Second).String())
+	return q.finish(it, m)
+}
+
+// finish ends a message with no pending recipient: bounce the failed ones
+// (once, all together), then move it to failed/ or remove it.
+func (q *Queue) finish(it *item, m *Meta) (time.Time, bool) {
+	var failed []Recipient
+	for _, r := range m.Recipients {
+		if r.State == StateFailed {
+			failed = append(failed, r)
+		}
+	}
+	now := q.now()
+	if len(failed) == 0 {
+		if err := q.store.removeLive(m.ID); err != nil {
+			q.log.Error("queue: cannot remove delivered message; will retry", "id", m.ID, "error", err.Error())
+			q.setMeta(it, m)
+			return now.Add(time.Minute), true
+		}
+		q.forget(m.ID)
+		return time.Time{}, false
+	}
+	if m.From != "" && !m.IsBounce && !m.Bounced && q.opts.Bounce != nil {
+		err := q.opts.Bounce(q.ctx, &Bounce{Meta: m.clone(), Failed: failed,
+			Open: func() (io.ReadCloser, error) { return q.store.openBody(m.ID) }})
+		if err != nil {
+			q.log.Error("queue: could not send the bounce; the message stays in failed/", "id", m.ID, "error", err.Error())
+		} else {
+			m.Bounced = true
+		}
+	}
+	m.Finished = now
+	if err := q.store.moveToFailed(m); err != nil {
+		q.log.Error("queue: cannot move message to failed/; will retry", "id", m.ID, "error", err.Error())
+		q.store.writeMeta(m) // keeps Bounced, so the sender is not told twice
+		q.setMeta(it, m)
+		return now.Add(time.Minute), true
+	}
+	q.mu.Lock()
+	delete(q.items, m.ID)
+	q.failed[m.ID] = m
+	q.mu.Unlock()
+	return time.Time{}, false
+}
+
+func (q *Queue) forget(id string) {
+	q.mu.Lock()
+	delete(q.items, id)
+	q.mu.Unlock()
+}
+
+// pruneFailed removes failed/ messages past retention; caller holds q.mu
+// (or is Open).
+func (q *Queue) pruneFailed() {
+	cut := q.now().Add(-q.opts.FailedRetention)
+	for id, m := range q.failed {
+		if !m.Finished.IsZero() && m.Finished.Before(cut) {
+			if err := q.store.removeFailed(id); err == nil {
+				delete(q.failed, id)
+				q.log.Info("queue: pruned failed message past retention", "id", id)
+			}
+		}
+	}
+}
+
+// Pause stops deliveries for account until Resume. Its messages wait
+// without using up attempts; max age still applies.
+func (q *Queue) Pause(account, reason string) {
+	q.mu.Lock()
+	_, was := q.paused[account]
+	q.paused[account] = reason
+	q.mu.Unlock()
+	if !was {
+		q.log.Warn("queue: account paused", "account", account, "reason", reason)
+	}
+}
+
+// Resume lets account deliver again and makes its messages due at once.
+func (q *Queue) Resume(account string) {
+	q.mu.Lock()
+	_, was := q.paused[account]
+	delete(q.paused, account)
+	now := q.now()
+	for _, it := range q.items {
+		if it.meta.Account == account && it.where == inHeap && it.next.After(now) {
+			it.next = now
+			heap.Fix(&q.waiting, it.index)
+		}
+	}
+	q.mu.Unlock()
+	if was {
+		q.log.Info("queue: account resumed", "account", account)
+	}
+	q.poke()
+}
+
+// Paused reports whether account is paused, and why.
+func (q *Queue) Paused(account string) (string, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r, ok := q.paused[account]
+	return r, ok
+}
+
+// SetAccountConcurrency changes how many deliveries of account run at once
+// (the relay lowers it when Microsoft throttles); n <= 0 restores the default.
+func (q *Queue) SetAccountConcurrency(account string, n int) {
+	q.mu.Lock()
+	if n <= 0 {
+		delete(q.limits, account)
+	} else {
+		q.limits[account] = n
+	}
+	q.mu.Unlock()
+	q.poke()
+}
+
+// Close stops handing out work and waits for deliveries in flight until ctx
+// is done; then it cancels them and waits for them to return. Every message
+// is left in a state the next Open resumes.
+func (q *Queue) Close(ctx context.Context) error {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closing = true
+	q.mu.Unlock()
+	close(q.done)
+	q.loop.Wait()
+	idle := make(chan struct{})
+	go func() { q.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		q.cancel()
+		<-idle
+	}
+	q.cancel()
+	return nil
+}
+
+// MessageState is a message's state as a whole, for listings.
+type MessageState string
+
+const (
+	MsgQueued   MessageState = "queued"   // not attempted yet
+	MsgDeferred MessageState = "deferred" // attempted, waiting for a retry
+	MsgInflight MessageState = "inflight" // being delivered now
+	MsgPaused   MessageState = "paused"   // its account is paused
+	MsgFailed   MessageState = "failed"   // finished with failures; in failed/
+)
+
+// Message is a message with its overall state.
+type Message struct {
+	*Meta
+	State        MessageState `json:"state"`
+	PausedReason string       `json:"paused_reason,omitempty"`
+}
+
+// Filter selects messages; empty fields match everything.
+type Filter struct {
+	State   MessageState
+	Account string
+}
+
+func (q *Queue) describe(it *item) Message {
+	m := it.meta.clone()
+	msg := Message{Meta: m}
+	reason, paused := q.paused[m.Account]
+	switch {
+	case it.where == inFlight:
+		msg.State = MsgInflight
+	case paused:
+		msg.State, msg.PausedReason = MsgPaused, reason
+	case m.Attempts == 0:
+		msg.State = MsgQueued
+	default:
+		msg.State = MsgDeferred
+	}
+	return msg
+}
+
+// List returns the messages matching f, oldest first.
+func (q *Queue) List(f Filter) []Message {
+	q.mu.Lock()
+	var out []Message
+	for _, it := range q.items {
+		msg := q.describe(it)
+		if (f.State == "" || f.State == msg.State) && (f.Account == "" || f.Account == msg.Account) {
+			out = append(out, msg)
+		}
+	}
+	for _, m := range q.failed {
+		if (f.State == "" || f.State == MsgFailed) && (f.Account == "" || f.Account == m.Account) {
+			out = append(out, Message{Meta: m.clone(), State: MsgFailed})
+		}
+	}
+	q.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Get returns one message, live or failed.
+func (q *Queue) Get(id string) (Message, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if it, ok := q.items[id]; ok {
+		return q.describe(it), nil
+	}
+	if m, ok := q.failed[id]; ok {
+		return Message{Meta: m.clone(), State: MsgFailed}, nil
+	}
+	return Message{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+}
+
+// OpenBody returns the bytes of a live or failed message.
+func (q *Queue) OpenBody(id string) (io.ReadCloser, error) {
+	q.mu.Lock()
+	_, live := q.items[id]
+	_, failed := q.failed[id]
+	q.mu.Unlock()
+	switch {
+	case live:
+		return q.store.openBody(id)
+	case failed:
+		return q.store.openFailedBody(id)
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+}
+
+// RetryNow makes a live message due at once.
+func (q *Queue) RetryNow(id string) error {
+	q.mu.Lock()
+	it, ok := q.items[id]
+	if !ok {
+		_, failed := q.failed[id]
+		q.mu.Unlock()
+		if failed {
+			return fmt.Errorf("%w: %s is in failed/; requeue it instead", ErrNotFound, id)
+		}
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if it.where == inHeap {
+		it.next = q.now()
+		heap.Fix(&q.waiting, it.index)
+	}
+	q.mu.Unlock()
+	q.poke()
+	return nil
+}
+
+// Flush makes every live message due at once and returns how many there are.
+func (q *Queue) Flush() int {
+	q.mu.Lock()
+	now := q.now()
+	for _, it := range q.waiting {
+		it.next = now
+	}
+	heap.Init(&q.waiting)
+	n := len(q.items)
+	q.mu.Unlock()
+	q.poke()
+	return n
+}
+
+// Delete removes a live or failed message for good.
+func (q *Queue) Delete(id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if it, ok := q.items[id]; ok {
+		switch it.where {
+		case inFlight:
+			return fmt.Errorf("%w: %s", ErrBusy, id)
+		case inHeap:
+			heap.Remove(&q.waiting, it.index)
+		case inReady:
+			a := it.meta.Account
+			for i, r := range q.ready[a] {
+				if r == it {
+					q.ready[a] = append(q.ready[a][:i:i], q.ready[a][i+1:]...)
+					break
+				}
+			}
+		}
+		if err := q.store.removeLive(id); err != nil {
+			return err
+		}
+		delete(q.items, id)
+		q.log.Info("queue: message deleted", "id", id)
+		return nil
+	}
+	if _, ok := q.failed[id]; ok {
+		if err := q.store.removeFailed(id); err != nil {
+			return err
+		}
+		delete(q.failed, id)
+		q.log.Info("queue: failed message deleted", "id", id)
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrNotFound, id)
+}
+
+// Requeue makes a failed message live again (under a new ID) for its failed
+// recipients, with a fresh attempt count and max age.
+func (q *Queue) Requeue(id string) (string, error) {
+	q.mu.Lock()
+	old, ok := q.failed[id]
+	q.mu.Unlock()
+	if !ok {
+		return "", fmt.Errorf("%w: %s is not in failed/", ErrNotFound, id)
+	}
+	now := q.now()
+	m := old.clone()
+	m.ID = newID(now)
+	m.RequeuedFrom = id
+	m.Attempts, m.LastAttempt, m.NextAttempt, m.AgeFrom = 0, time.Time{}, now, now
+	m.Finished, m.Bounced = time.Time{}, false
+	for i := range m.Recipients {
+		if m.Recipients[i].State == StateFailed {
+			m.Recipients[i].State, m.Recipients[i].Updated = StateQueued, now
+		}
+	}
+	if err := q.store.requeue(id, m); err != nil {
+		return "", err
+	}
+	q.mu.Lock()
+	delete(q.failed, id)
+	it := &item{meta: m, next: now}
+	q.items[m.ID] = it
+	q.makeReady(it)
+	q.mu.Unlock()
+	q.log.Info("queue: requeued", "id", m.ID, "from", id)
+	q.poke()
+	return m.ID, nil
+}
+
+// Stats summarises the queue.
+type Stats struct {
+	Messages  int                             `json:"messages"`
+	ByState   map[MessageState]int            `json:"by_state"`
+	ByAccount map[string]map[MessageState]int `json:"by_account"`
+	Oldest    time.Time                       `json:"oldest,omitzero"` // arrival of the oldest live message
+	Bytes     int64                           `json:"bytes"`           // message bodies on disk
+	Paused    map[string]string               `json:"paused,omitempty"`
+}
+
+// Stats counts messages by state and account; Bytes reads the spool.
+func (q *Queue) Stats() Stats {
+	st := Stats{ByState: map[MessageState]int{}, ByAccount: map[string]map[MessageState]int{}, Paused: map[string]string{}}
+	for _, msg := range q.List(Filter{}) {
+		st.Messages++
+		st.ByState[msg.State]++
+		if st.ByAccount[msg.Account] == nil {
+			st.ByAccount[msg.Account] = map[MessageState]int{}
+		}
+		st.ByAccount[msg.Account][msg.State]++
+		if msg.State != MsgFailed && (st.Oldest.IsZero() || msg.Arrived.Before(st.Oldest)) {
+			st.Oldest = msg.Arrived
+		}
+	}
+	q.mu.Lock()
+	for a, r := range q.paused {
+		st.Paused[a] = r
+	}
+	q.mu.Unlock()
+	st.Bytes = q.store.usage()
+	return st
+}
