@@ -290,7 +290,10 @@ func TestQueue_RecoversInterruptedMoves(t *testing.T) {
 	t.Run("requeue committed, failed copy not yet removed", func(t *testing.T) {
 		dir, m := mk(t)
 		q1 := open(t, dir, newRecorder(nil), nil) // finishes m into failed/
-		waitFor(t, "moved to failed/", func() bool { _, err := q1.Get(m.ID); return err == nil && len(files(t, filepath.Join(dir, dirFailed))) == 2 })
+		waitFor(t, "moved to failed/", func() bool {
+			_, err := q1.Get(m.ID)
+			return err == nil && len(files(t, filepath.Join(dir, dirFailed))) == 2
+		})
 		q1.Close(context.Background())
 		st, _ := openStore(dir, nil, slog.New(slog.DiscardHandler))
 		n := m.clone()
@@ -403,7 +406,12 @@ func TestQueue_MaxAgeFailsWith447AndBounces(t *testing.T) {
 	rec := newRecorder(func(d *Delivery) Result { return allWith(d, Deferred, tempReply) })
 	q := open(t, t.TempDir(), rec, func(o *Options) {
 		o.Retry = RetryPolicy{Delays: []time.Duration{30 * time.Millisecond}, MaxAge: 300 * time.Millisecond}
-		o.Bounce = func(_ context.Context, b *Bounce) error { mu.Lock(); bounces = append(bounces, b); mu.Unlock(); return nil }
+		o.Bounce = func(_ context.Context, b *Bounce) error {
+			mu.Lock()
+			bounces = append(bounces, b)
+			mu.Unlock()
+			return nil
+		}
 	})
 	id := enqueue(t, q, env("a@contoso.com", "b@example.com", "c@example.com"), "x")
 	waitFor(t, "expiry", func() bool { m, _ := q.Get(id); return m.State == MsgFailed })
@@ -453,7 +461,9 @@ func TestQueue_PerAccountConcurrencyLimit(t *testing.T) {
 
 func TestQueue_PauseUsesNoAttemptAndResumeDeliversAtOnce(t *testing.T) {
 	var bounced atomic.Int32
-	rec := newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "AADSTS70008: refresh token expired — reconnect"} })
+	rec := newRecorder(func(d *Delivery) Result {
+		return Result{PauseAccount: "AADSTS70008: refresh token expired — reconnect"}
+	})
 	q := open(t, t.TempDir(), rec, func(o *Options) {
 		o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour}
 		o.Bounce = func(context.Context, *Bounce) error { bounced.Add(1); return nil }
@@ -537,7 +547,12 @@ func TestQueue_MixedOutcomesOneBounceForAllFailed(t *testing.T) {
 		return res
 	})
 	q := open(t, t.TempDir(), rec, func(o *Options) {
-		o.Bounce = func(_ context.Context, b *Bounce) error { mu.Lock(); bounces = append(bounces, b); mu.Unlock(); return nil }
+		o.Bounce = func(_ context.Context, b *Bounce) error {
+			mu.Lock()
+			bounces = append(bounces, b)
+			mu.Unlock()
+			return nil
+		}
 	})
 	id := enqueue(t, q, env("a@contoso.com", "ok@x.y", "bad1@x.y", "slow@x.y", "bad2@x.y"), "m")
 	waitFor(t, "finished", func() bool { m, _ := q.Get(id); return m.State == MsgFailed })

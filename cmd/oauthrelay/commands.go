@@ -34,15 +34,6 @@ func newDemoCmd() *cobra.Command {
 	}
 }
 
-func newConnectCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "connect ACCOUNT",
-		Short: "Connect an account to Microsoft 365 (sign-in and consent)",
-		Args:  cobra.ExactArgs(1),
-		RunE:  notYet("connect"),
-	}
-}
-
 func newAccountsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "accounts",

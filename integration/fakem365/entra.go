@@ -46,6 +46,7 @@ type Entra struct {
 	devices        map[string]*deviceGrant
 	faults         map[string][]Fault
 	counts         map[string]int
+	issued         []string // every access and refresh token, even revoked ones
 }
 
 type codeGrant struct {
@@ -136,8 +137,22 @@ func NewEntra() (*Entra, error) {
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", e.token)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/devicecode", e.deviceCode)
 	mux.HandleFunc("GET /{tenant}/v2.0/adminconsent", e.adminConsent)
+	// GET /device?code=<user code>&upn=<user> approves a pending device code,
+	// standing in for a person signing in (the Go API has ApproveDevice).
 	mux.HandleFunc("GET /device", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "fake Entra ID: approve device codes through the Go API (ApproveDevice)")
+		code, upn := r.URL.Query().Get("code"), r.URL.Query().Get("upn")
+		if code == "" {
+			fmt.Fprintln(w, "fake Entra ID: open /device?code=<user code>&upn=<mailbox> to approve a device code")
+			return
+		}
+		if upn == "" {
+			upn = "user@contoso.test"
+		}
+		if err := e.ApproveDevice(code, upn); err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		fmt.Fprintf(w, "approved %s as %s\n", code, upn)
 	})
 	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go e.srv.Serve(ln)
@@ -194,6 +209,21 @@ func (e *Entra) RevokeAll() {
 		g.revoked = true
 	}
 	clear(e.access)
+}
+
+// Secrets lists every access token, refresh token, code and device code the
+// fake issued, for tests that check no secret reached a log.
+func (e *Entra) Secrets() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := append([]string(nil), e.issued...)
+	for k := range e.codes {
+		out = append(out, k)
+	}
+	for k := range e.devices {
+		out = append(out, k)
+	}
+	return out
 }
 
 // Requests returns how many token requests of grant were made.
@@ -442,6 +472,7 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 // issue writes a token response; caller holds e.mu.
 func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnly bool) {
 	at := randomToken("fake-at-")
+	e.issued = append(e.issued, at)
 	e.access[at] = &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
 	resp := map[string]any{
 		"token_type":     "Bearer",
@@ -454,6 +485,7 @@ func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnl
 	if !appOnly && contains(scopes, "offline_access") {
 		rt := randomToken("fake-rt-")
 		e.refresh[rt] = &refreshGrant{clientID: clientID, scope: scope, upn: upn}
+		e.issued = append(e.issued, rt)
 		resp["refresh_token"] = rt
 	}
 	if !appOnly && contains(scopes, "openid") {

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/tokens"
+	"github.com/spf13/cobra"
+)
+
+func newConnectCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "connect ACCOUNT",
+		Short: "Connect an account to Microsoft 365 (sign-in and consent)",
+		Long: `connect signs an account in to Microsoft 365 and stores its refresh token
+in the keysafe. A running relay picks the new sign-in up within seconds and
+delivers the account's waiting mail.
+
+  --device   device-code flow: prints a URL and a code to enter on any
+             browser (headless servers, Docker sidecars)
+  (default)  the Connect page: if the relay runs, prints its Connect URL;
+             otherwise serves the Connect page on admin.addr until the
+             sign-in is done`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			loaded, err := mustLoad(func() (*configs.Loaded, error) { return loadConfig(cmd) })
+			if err != nil {
+				return err
+			}
+			c := &loaded.Config
+			log := newLogger(c.Log, os.Stderr)
+			m, err := openTokens(c, log)
+			if err != nil {
+				return err
+			}
+			name := args[0]
+			acct, ok := m.Account(name)
+			if !ok {
+				return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
+			}
+			if acct.Flow == tokens.FlowClientCredentials {
+				if _, err := m.Token(cmd.Context(), name); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Account %s uses client credentials: no sign-in needed, and a token was fetched successfully.\n", name)
+				return nil
+			}
+			out := cmd.OutOrStdout()
+			if device, _ := cmd.Flags().GetBool("device"); device {
+				upn, err := m.ConnectDevice(cmd.Context(), name, func(dc tokens.DeviceCode) {
+					fmt.Fprintln(out, dc.Message)
+					fmt.Fprintf(out, "Waiting for the sign-in (the code expires at %s)…\n", dc.Expires.Format("15:04:05"))
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "Connected as %s; mail for %s flows now.\n", upn, acct.Mailbox)
+				return nil
+			}
+			return connectInBrowser(cmd.Context(), c, m, name, out)
+		},
+	}
+	cmd.Flags().Bool("device", false, "use the device-code flow (no browser on this machine needed)")
+	return cmd
+}
+
+// connectInBrowser prints the running relay's Connect URL, or serves the
+// Connect flow itself until the account is connected.
+func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager, name string, out interface{ Write([]byte) (int, error) }) error {
+	url := tokens.ConnectURL(adminPublicURL(c), name)
+	if conn, err := net.DialTimeout("tcp", c.Admin.Addr, time.Second); err == nil {
+		conn.Close()
+		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", url)
+		return nil
+	}
+	ln, err := net.Listen("tcp", c.Admin.Addr)
+	if err != nil {
+		return fmt.Errorf("admin.addr %s: %w", c.Admin.Addr, err)
+	}
+	done := make(chan struct{})
+	cancel := m.Subscribe(func(s tokens.AccountState) {
+		if s.Account == name && s.State == tokens.Connected {
+			select {
+			case <-done:
+			default:
+				close(done)
+			}
+		}
+	})
+	defer cancel()
+	srv := &http.Server{Handler: m.ConnectHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s\nWaiting…\n", adminPublicURL(c), url)
+	select {
+	case <-done:
+		time.Sleep(500 * time.Millisecond) // let the result page reach the browser
+		fmt.Fprintf(out, "Connected: %s\n", name)
+		return nil
+	case <-ctx.Done():
+		return errors.New("interrupted before the sign-in was completed")
+	}
+}

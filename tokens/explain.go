@@ -1,0 +1,200 @@
+package tokens
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"golang.org/x/oauth2"
+)
+
+// State is where an account stands with Microsoft.
+type State string
+
+const (
+	NotConnected   State = "not_connected"   // no refresh token yet: run Connect
+	Connected      State = "connected"       // tokens work
+	NeedsReconnect State = "needs_reconnect" // the grant is gone: sign in again
+	Misconfigured  State = "misconfigured"   // app registration or secret wrong: an admin must fix it
+)
+
+// Explanation says in plain words what went wrong and what to do.
+type Explanation struct {
+	Code   string `json:"code,omitempty"`   // "AADSTS70008", "535 5.7.139"
+	Title  string `json:"title"`            // one line
+	Detail string `json:"detail,omitempty"` // what it means
+	Action string `json:"action,omitempty"` // what to do
+	URL    string `json:"url,omitempty"`    // e.g. the admin consent URL
+}
+
+func (e Explanation) String() string {
+	s := e.Title
+	if e.Code != "" {
+		s = e.Code + ": " + s
+	}
+	if e.Action != "" {
+		s += " — " + e.Action
+	}
+	if e.URL != "" {
+		s += " (" + e.URL + ")"
+	}
+	return s
+}
+
+// AccountError is a token failure that is the account's, not the network's:
+// the relay pauses the account's mail until it is fixed.
+type AccountError struct {
+	Account     string
+	State       State
+	Explanation Explanation
+}
+
+func (e *AccountError) Error() string {
+	return fmt.Sprintf("account %s %s: %s", e.Account, e.State, e.Explanation)
+}
+
+// ErrTransient marks failures worth retrying (network, Entra 5xx, 429).
+var ErrTransient = errors.New("temporary failure reaching Microsoft Entra ID")
+
+var aadstsRe = regexp.MustCompile(`AADSTS(\d+)`)
+
+// entraCode extracts the AADSTS code from a token error: error_codes in the
+// body (x/oauth2 keeps it only there), else the description.
+func entraCode(re *oauth2.RetrieveError) int {
+	var body struct {
+		ErrorCodes []int `json:"error_codes"`
+	}
+	if json.Unmarshal(re.Body, &body) == nil && len(body.ErrorCodes) > 0 {
+		return body.ErrorCodes[0]
+	}
+	if m := aadstsRe.FindStringSubmatch(re.ErrorDescription); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	return 0
+}
+
+// AdminConsentURL is where an administrator grants the app's permissions
+// for the whole tenant.
+func (a Account) AdminConsentURL(redirectURI string) string {
+	q := url.Values{}
+	q.Set("client_id", a.ClientID)
+	if redirectURI != "" {
+		q.Set("redirect_uri", redirectURI)
+	}
+	q.Set("scope", "https://outlook.office365.com/.default")
+	return strings.TrimRight(a.Authority, "/") + "/" + url.PathEscape(a.Tenant) + "/v2.0/adminconsent?" + q.Encode()
+}
+
+// classify turns a token-endpoint error into a state and explanation, or
+// reports it transient.
+func classify(err error, a Account, redirectURI string) (State, Explanation, bool) {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		var ne net.Error
+		if errors.As(err, &ne) || errors.Is(err, ErrTransient) {
+			return "", Explanation{Title: "Microsoft Entra ID could not be reached", Detail: err.Error()}, true
+		}
+		return "", Explanation{Title: "token request failed", Detail: err.Error()}, true
+	}
+	if re.Response != nil && (re.Response.StatusCode >= 500 || re.Response.StatusCode == 429) {
+		return "", Explanation{Title: fmt.Sprintf("Microsoft Entra ID answered HTTP %d; will retry", re.Response.StatusCode)}, true
+	}
+	code := entraCode(re)
+	st, ex := ExplainAADSTS(code, re.ErrorCode, a, redirectURI)
+	return st, ex, false
+}
+
+// ExplainAADSTS explains an Entra ID error code (shared/M365.md).
+func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (State, Explanation) {
+	c := ""
+	if code != 0 {
+		c = fmt.Sprintf("AADSTS%d", code)
+	}
+	switch code {
+	case 65001, 90094:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "administrator consent is needed",
+			Detail: "The app registration has not been granted the SMTP.Send (and offline_access) permission for this tenant, and the user may not consent alone.",
+			Action: "send this link to a Global or Privileged Role Administrator, who approves the permissions once; then press Connect again",
+			URL:    a.AdminConsentURL(redirectURI)}
+	case 70008, 700082:
+		return NeedsReconnect, Explanation{Code: c,
+			Title:  "the sign-in expired",
+			Detail: "The refresh token expired (unused for 90 days, or past its maximum age).",
+			Action: "press Connect (or run `oauthrelay connect " + a.Name + "`) and sign in as " + a.Mailbox}
+	case 50173:
+		return NeedsReconnect, Explanation{Code: c,
+			Title:  "the sign-in was revoked",
+			Detail: "Microsoft revoked the grant — usually because the password was changed or reset, or an admin revoked sessions.",
+			Action: "press Connect and sign in as " + a.Mailbox + " again"}
+	case 54005:
+		return NeedsReconnect, Explanation{Code: c,
+			Title:  "the sign-in code was already used",
+			Action: "start the Connect flow again"}
+	case 7000215:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client secret is wrong",
+			Detail: "Entra ID rejected the client secret. A common mistake is to copy the secret's ID instead of its Value.",
+			Action: "create a new client secret in the app registration (Certificates & secrets) and set accounts[].client_secret to its Value"}
+	case 7000222:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client secret has expired",
+			Action: "create a new client secret in the app registration (Certificates & secrets), set accounts[].client_secret, and restart"}
+	case 7000218:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "a client secret is required",
+			Detail: "The app registration is a confidential client, or public client flows are not allowed for it.",
+			Action: "set accounts[].client_secret, or in the app registration set Authentication → Allow public client flows to Yes"}
+	case 50076, 50079:
+		return NeedsReconnect, Explanation{Code: c,
+			Title:  "multi-factor authentication or a Conditional Access policy requires an interactive sign-in",
+			Action: "press Connect and complete the sign-in (with MFA) as " + a.Mailbox + "; if it keeps happening, exclude the relay's sign-in from the policy"}
+	case 700016:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the app registration was not found in this tenant",
+			Action: "check accounts[].client_id and accounts[].tenant"}
+	case 90002, 900023:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the tenant was not found",
+			Action: "check accounts[].tenant: a tenant ID (GUID) or a verified domain"}
+	}
+	switch oauthErr {
+	case "invalid_client", "unauthorized_client":
+		return Misconfigured, Explanation{Code: c, Title: "Entra ID rejected the app registration (" + oauthErr + ")",
+			Action: "check accounts[].client_id, client_secret and tenant"}
+	case "invalid_scope":
+		return Misconfigured, Explanation{Code: c, Title: "Entra ID rejected the requested permissions",
+			Action: "add SMTP.Send (delegated) or SMTP.SendAsApp (application) to the app registration"}
+	case "interaction_required", "consent_required", "login_required":
+		return NeedsReconnect, Explanation{Code: c, Title: "Entra ID requires an interactive sign-in (" + oauthErr + ")",
+			Action: "press Connect and sign in as " + a.Mailbox}
+	}
+	return NeedsReconnect, Explanation{Code: c, Title: "Entra ID refused the token request (" + oauthErr + ")",
+		Action: "press Connect and sign in again; if that fails, check the app registration"}
+}
+
+// ExplainSMTPAuth explains Microsoft's answers to AUTH XOAUTH2, for the
+// relay and the status page.
+func ExplainSMTPAuth(code int, enhanced string, a Account) Explanation {
+	c := fmt.Sprintf("%d %s", code, enhanced)
+	switch enhanced {
+	case "5.7.139":
+		return Explanation{Code: c,
+			Title:  "SMTP AUTH is disabled for this mailbox or tenant",
+			Detail: "Microsoft 365 turns SMTP client authentication off by default.",
+			Action: "in Exchange Online PowerShell run: Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | fl SmtpClientAuthenticationDisabled); it can take up to an hour to apply"}
+	case "5.7.3":
+		return Explanation{Code: c,
+			Title: "Microsoft rejected the token for " + a.Mailbox,
+			Detail: "The token is valid for Entra ID but not for SMTP: the signed-in user is not " + a.Mailbox +
+				" (and has no Send As right on it), the app lacks the SMTP.Send permission, or SMTP AUTH is disabled for the mailbox.",
+			Action: "check who connected the account, grant SMTP.Send, and run Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false; then press Connect"}
+	}
+	return Explanation{Code: c, Title: "Microsoft refused the sign-in", Action: "press Connect and sign in as " + a.Mailbox}
+}

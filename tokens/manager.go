@@ -1,0 +1,632 @@
+package tokens
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+	"golang.org/x/sync/singleflight"
+)
+
+// Flows.
+const (
+	FlowAuthorizationCode = "authorization_code"
+	FlowDeviceCode        = "device_code"
+	FlowClientCredentials = "client_credentials"
+)
+
+// Scopes (shared/M365.md). openid lets the relay show who consented.
+var (
+	DelegatedScopes = []string{"openid", "offline_access", "https://outlook.office.com/SMTP.Send"}
+	AppOnlyScopes   = []string{"https://outlook.office365.com/.default"}
+)
+
+// Account is one Microsoft 365 mailbox's app registration.
+type Account struct {
+	Name         string
+	Tenant       string
+	ClientID     string
+	ClientSecret string
+	Flow         string
+	Mailbox      string
+	Authority    string // https://login.microsoftonline.com
+}
+
+func (a Account) delegated() bool { return a.Flow != FlowClientCredentials }
+
+func (a Account) endpoint() oauth2.Endpoint {
+	base := strings.TrimRight(a.Authority, "/") + "/" + a.Tenant + "/oauth2/v2.0"
+	return oauth2.Endpoint{
+		AuthURL:       base + "/authorize",
+		TokenURL:      base + "/token",
+		DeviceAuthURL: base + "/devicecode",
+		AuthStyle:     oauth2.AuthStyleInParams, // Entra; auto-detect would send every failing request twice
+	}
+}
+
+// Token is an access token ready for XOAUTH2.
+type Token struct {
+	AccessToken string
+	Expiry      time.Time
+	Mailbox     string
+}
+
+// Fingerprint identifies a token in logs and status without revealing it.
+func Fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return "sha256:" + hex.EncodeToString(sum[:4])
+}
+
+// AccountState is an account's state for the status page and subscribers.
+type AccountState struct {
+	Account      string      `json:"account"`
+	Mailbox      string      `json:"mailbox"`
+	Flow         string      `json:"flow"`
+	State        State       `json:"state"`
+	Explanation  Explanation `json:"explanation,omitzero"`
+	ConsentedBy  string      `json:"consented_by,omitempty"`
+	ConsentedAt  time.Time   `json:"consented_at,omitzero"`
+	LastRefresh  time.Time   `json:"last_refresh,omitzero"`
+	AccessExpiry time.Time   `json:"access_expiry,omitzero"`
+	Fingerprint  string      `json:"token_fingerprint,omitempty"`
+}
+
+// Options configure a Manager. Timings are fields so tests use milliseconds.
+type Options struct {
+	Accounts []Account
+	Store    Store
+	// HTTPClient talks to Entra ID; nil uses one with a 30 s timeout.
+	HTTPClient *http.Client
+	// RedirectURL is <admin public URL>/oauth/callback.
+	RedirectURL string
+	// RefreshSkew: an access token is renewed this long before it expires
+	// (at most a quarter of its lifetime). Default 5 min.
+	RefreshSkew time.Duration
+	// BackgroundRefresh renews each delegated refresh token this often.
+	// Default 24 h.
+	BackgroundRefresh time.Duration
+	// WatchInterval: how often accounts that need attention look for a
+	// reconnect made by another process (oauthrelay connect). Default 2 s.
+	WatchInterval time.Duration
+	// TransientRetries are the waits between retries of a transient
+	// failure within one token request. Default 1 s, 4 s.
+	TransientRetries []time.Duration
+	Logger           *slog.Logger
+	Now              func() time.Time
+}
+
+// Manager obtains, caches and refreshes tokens for every account.
+type Manager struct {
+	opts     Options
+	log      *slog.Logger
+	accounts map[string]*account
+	order    []string
+	cache    *expirable.LRU[string, cached]
+	sf       singleflight.Group
+
+	subMu   sync.Mutex
+	subs    map[int]func(AccountState)
+	nextSub int
+
+	pendMu  sync.Mutex
+	pending map[string]pendingConnect
+}
+
+type cached struct {
+	tok         Token
+	usableUntil time.Time
+}
+
+type account struct {
+	Account
+	oauth *oauth2.Config
+	cc    *clientcredentials.Config
+
+	mu        sync.Mutex
+	state     State
+	expl      Explanation
+	expiry    time.Time
+	issued    time.Time
+	lastUsed  time.Time
+	failedRT  string // the refresh token that was refused; not tried again
+	pendingRT string // a rotated refresh token not yet persisted
+	timer     *time.Timer
+}
+
+// NewManager sets up token sources for opts.Accounts from opts.Store.
+func NewManager(opts Options) (*Manager, error) {
+	if opts.Store == nil {
+		return nil, errors.New("tokens: Options.Store is required")
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	if opts.RefreshSkew <= 0 {
+		opts.RefreshSkew = 5 * time.Minute
+	}
+	if opts.BackgroundRefresh <= 0 {
+		opts.BackgroundRefresh = 24 * time.Hour
+	}
+	if opts.WatchInterval <= 0 {
+		opts.WatchInterval = 2 * time.Second
+	}
+	if opts.TransientRetries == nil {
+		opts.TransientRetries = []time.Duration{time.Second, 4 * time.Second}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m := &Manager{
+		opts: opts, log: opts.Logger, accounts: map[string]*account{},
+		cache:   expirable.NewLRU[string, cached](1024, nil, 2*time.Hour),
+		subs:    map[int]func(AccountState){},
+		pending: map[string]pendingConnect{},
+	}
+	for _, a := range opts.Accounts {
+		if a.Authority == "" {
+			a.Authority = "https://login.microsoftonline.com"
+		}
+		ac := &account{Account: a}
+		if a.delegated() {
+			ac.oauth = &oauth2.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
+				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes}
+			rec, ok, err := opts.Store.Get(a.Name)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case !ok || rec.RefreshToken == "":
+				ac.state, ac.expl = NotConnected, notConnected(a)
+			case rec.State == NeedsReconnect:
+				ac.state, ac.expl, ac.failedRT = NeedsReconnect, Explanation{Title: rec.LastError, Action: "press Connect and sign in as " + a.Mailbox}, rec.RefreshToken
+			default:
+				ac.state = Connected
+			}
+		} else {
+			ac.cc = &clientcredentials.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
+				TokenURL: a.endpoint().TokenURL, Scopes: AppOnlyScopes, AuthStyle: oauth2.AuthStyleInParams}
+			ac.state = Connected
+		}
+		m.accounts[a.Name] = ac
+		m.order = append(m.order, a.Name)
+	}
+	return m, nil
+}
+
+func notConnected(a Account) Explanation {
+	how := "press Connect on the status page"
+	if a.Flow == FlowDeviceCode {
+		how = "run: oauthrelay connect " + a.Name + " --device"
+	}
+	return Explanation{Title: "not connected to Microsoft 365 yet", Action: how + " and sign in as " + a.Mailbox}
+}
+
+func (m *Manager) account(name string) (*account, error) {
+	a, ok := m.accounts[name]
+	if !ok {
+		return nil, fmt.Errorf("tokens: no account named %q", name)
+	}
+	return a, nil
+}
+
+// Mailbox returns the mailbox an account signs in as.
+func (m *Manager) Mailbox(name string) string {
+	if a, ok := m.accounts[name]; ok {
+		return a.Mailbox
+	}
+	return ""
+}
+
+// Token returns a valid access token for account, from the cache when it
+// has one (no network), else after one refresh shared by every concurrent
+// caller. An *AccountError means the account needs a person; an error
+// wrapping ErrTransient may go away by itself.
+func (m *Manager) Token(ctx context.Context, name string) (Token, error) {
+	a, err := m.account(name)
+	if err != nil {
+		return Token{}, err
+	}
+	now := m.opts.Now()
+	if c, ok := m.cache.Get(name); ok && now.Before(c.usableUntil) {
+		a.mu.Lock()
+		a.lastUsed = now
+		a.mu.Unlock()
+		return c.tok, nil
+	}
+	v, err, _ := m.sf.Do(name, func() (any, error) {
+		if c, ok := m.cache.Get(name); ok && m.opts.Now().Before(c.usableUntil) {
+			return c.tok, nil
+		}
+		// One caller's cancellation must not fail the others sharing it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		return m.refresh(rctx, a)
+	})
+	a.mu.Lock()
+	a.lastUsed = m.opts.Now()
+	a.mu.Unlock()
+	if err != nil {
+		return Token{}, err
+	}
+	return v.(Token), nil
+}
+
+// Invalidate drops account's cached access token; the next Token call
+// fetches a new one (the relay calls it after 535 5.7.3).
+func (m *Manager) Invalidate(name string) {
+	m.cache.Remove(name)
+}
+
+// refresh obtains a new access token, retrying transient failures.
+func (m *Manager) refresh(ctx context.Context, a *account) (Token, error) {
+	var last error
+	for i := 0; ; i++ {
+		tok, err := m.refreshOnce(ctx, a)
+		if err == nil || !errors.Is(err, ErrTransient) || i >= len(m.opts.TransientRetries) {
+			if err != nil && errors.Is(err, ErrTransient) {
+				m.log.Warn("tokens: refresh failed, will retry later", "account", a.Name, "error", err.Error())
+			}
+			return tok, err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return Token{}, fmt.Errorf("%w: %v", last, ctx.Err())
+		case <-time.After(m.opts.TransientRetries[i]):
+		}
+	}
+}
+
+func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, m.opts.HTTPClient)
+	var (
+		tok *oauth2.Token
+		err error
+		rec Record
+		rt  string
+	)
+	if a.delegated() {
+		var ok bool
+		rec, ok, err = m.opts.Store.Get(a.Name)
+		if err != nil {
+			return Token{}, fmt.Errorf("%w: keysafe: %v", ErrTransient, err)
+		}
+		a.mu.Lock()
+		rt = a.pendingRT
+		failed := a.failedRT
+		a.mu.Unlock()
+		if rt == "" {
+			rt = rec.RefreshToken
+		}
+		if !ok || rt == "" {
+			m.setState(a, NotConnected, notConnected(a.Account))
+			return Token{}, &AccountError{Account: a.Name, State: NotConnected, Explanation: notConnected(a.Account)}
+		}
+		if rt == failed {
+			a.mu.Lock()
+			st, ex := a.state, a.expl
+			a.mu.Unlock()
+			return Token{}, &AccountError{Account: a.Name, State: st, Explanation: ex}
+		}
+		tok, err = a.oauth.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
+	} else {
+		tok, err = a.cc.Token(ctx)
+	}
+	if err != nil {
+		st, ex, transient := classify(err, a.Account, m.opts.RedirectURL)
+		if transient {
+			return Token{}, fmt.Errorf("%w: %s", ErrTransient, ex.Title)
+		}
+		a.mu.Lock()
+		if a.delegated() {
+			a.failedRT, a.pendingRT = rt, ""
+		}
+		a.mu.Unlock()
+		m.cache.Remove(a.Name)
+		if a.delegated() {
+			rec.State, rec.LastError = st, ex.String()
+			if perr := m.opts.Store.Put(rec); perr != nil {
+				m.log.Error("tokens: cannot record account state in keysafe", "account", a.Name, "error", perr.Error())
+			}
+		}
+		m.setState(a, st, ex)
+		return Token{}, &AccountError{Account: a.Name, State: st, Explanation: ex}
+	}
+
+	now := m.opts.Now()
+	if a.delegated() {
+		rec.LastRefresh, rec.State, rec.LastError = now, Connected, ""
+		if tok.RefreshToken != "" && tok.RefreshToken != rt {
+			rec.RefreshToken = tok.RefreshToken
+			a.mu.Lock()
+			a.pendingRT = tok.RefreshToken // kept in memory until it is on disk
+			a.mu.Unlock()
+		}
+		// Persist the rotated refresh token before the access token that
+		// came with it is used: the old one may already be revoked.
+		if err := m.opts.Store.Put(rec); err != nil {
+			return Token{}, fmt.Errorf("%w: cannot save the new refresh token to the keysafe: %v", ErrTransient, err)
+		}
+		a.mu.Lock()
+		a.pendingRT = ""
+		a.mu.Unlock()
+	}
+	t := m.cacheToken(a, tok, now)
+	m.setState(a, Connected, Explanation{})
+	m.log.Info("tokens: access token obtained", "account", a.Name, "expires", t.Expiry.Format(time.RFC3339), "token", Fingerprint(t.AccessToken))
+	return t, nil
+}
+
+// cacheToken caches tok and schedules its proactive renewal.
+func (m *Manager) cacheToken(a *account, tok *oauth2.Token, now time.Time) Token {
+	expiry := tok.Expiry
+	if expiry.IsZero() {
+		expiry = now.Add(time.Hour)
+	}
+	life := expiry.Sub(now)
+	skew := min(m.opts.RefreshSkew, life/4)
+	usable := expiry.Add(-skew)
+	t := Token{AccessToken: tok.AccessToken, Expiry: expiry, Mailbox: a.Mailbox}
+	m.cache.Add(a.Name, cached{tok: t, usableUntil: usable})
+	a.mu.Lock()
+	a.expiry, a.issued = expiry, now
+	a.failedRT = ""
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	// Renew shortly before the cached token stops being usable, if the
+	// account is in use, so a message never waits for a refresh.
+	lead := min(time.Minute, usable.Sub(now)/5)
+	issued := now
+	a.timer = time.AfterFunc(usable.Sub(now)-lead, func() { m.proactive(a, issued) })
+	a.mu.Unlock()
+	return t
+}
+
+func (m *Manager) proactive(a *account, issued time.Time) {
+	a.mu.Lock()
+	used := a.lastUsed.After(issued)
+	current := a.issued.Equal(issued)
+	a.mu.Unlock()
+	if !used || !current {
+		return
+	}
+	m.sf.Do(a.Name, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		return m.refresh(ctx, a)
+	})
+}
+
+// ForceRefresh renews account's tokens now, bypassing the cache.
+func (m *Manager) ForceRefresh(ctx context.Context, name string) error {
+	a, err := m.account(name)
+	if err != nil {
+		return err
+	}
+	_, err, _ = m.sf.Do(name, func() (any, error) { return m.refresh(ctx, a) })
+	return err
+}
+
+// Run renews delegated refresh tokens every BackgroundRefresh (so the
+// 90-day inactivity expiry never hits a quiet relay) and picks up reconnects
+// made by another process. It returns when ctx is done.
+func (m *Manager) Run(ctx context.Context) {
+	watch := time.NewTicker(m.opts.WatchInterval)
+	defer watch.Stop()
+	renew := time.NewTicker(min(m.opts.BackgroundRefresh/4, time.Hour))
+	defer renew.Stop()
+	m.renewStale(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			m.stopTimers()
+			return
+		case <-watch.C:
+			m.watchReconnects(ctx)
+		case <-renew.C:
+			m.renewStale(ctx)
+		}
+	}
+}
+
+func (m *Manager) stopTimers() {
+	for _, a := range m.accounts {
+		a.mu.Lock()
+		if a.timer != nil {
+			a.timer.Stop()
+		}
+		a.mu.Unlock()
+	}
+}
+
+func (m *Manager) renewStale(ctx context.Context) {
+	for _, name := range m.order {
+		a := m.accounts[name]
+		if !a.delegated() {
+			continue
+		}
+		rec, ok, err := m.opts.Store.Get(name)
+		if err != nil || !ok || rec.RefreshToken == "" || rec.State == NeedsReconnect {
+			continue
+		}
+		if m.opts.Now().Sub(rec.LastRefresh) >= m.opts.BackgroundRefresh {
+			if err := m.ForceRefresh(ctx, name); err != nil {
+				m.log.Warn("tokens: background refresh failed", "account", name, "error", err.Error())
+			} else {
+				m.log.Info("tokens: refresh token renewed in the background", "account", name)
+			}
+		}
+	}
+}
+
+// watchReconnects retries accounts that need attention once their keysafe
+// record holds a refresh token other than the one that failed.
+func (m *Manager) watchReconnects(ctx context.Context) {
+	for _, name := range m.order {
+		a := m.accounts[name]
+		a.mu.Lock()
+		st, failed := a.state, a.failedRT
+		a.mu.Unlock()
+		if !a.delegated() || st == Connected {
+			continue
+		}
+		rec, ok, err := m.opts.Store.Get(name)
+		if err != nil || !ok || rec.RefreshToken == "" || rec.RefreshToken == failed {
+			continue
+		}
+		if err := m.ForceRefresh(ctx, name); err == nil {
+			m.log.Info("tokens: account reconnected", "account", name)
+		}
+	}
+}
+
+// Subscribe calls f on every state change until the returned cancel.
+func (m *Manager) Subscribe(f func(AccountState)) (cancel func()) {
+	m.subMu.Lock()
+	id := m.nextSub
+	m.nextSub++
+	m.subs[id] = f
+	m.subMu.Unlock()
+	return func() {
+		m.subMu.Lock()
+		delete(m.subs, id)
+		m.subMu.Unlock()
+	}
+}
+
+func (m *Manager) setState(a *account, st State, ex Explanation) {
+	a.mu.Lock()
+	changed := a.state != st || a.expl != ex
+	a.state, a.expl = st, ex
+	a.mu.Unlock()
+	if !changed {
+		return
+	}
+	if st == Connected {
+		m.log.Info("tokens: account connected", "account", a.Name)
+	} else {
+		m.log.Warn("tokens: account needs attention", "account", a.Name, "state", string(st), "explanation", ex.String())
+	}
+	s := m.State(a.Name)
+	m.subMu.Lock()
+	subs := make([]func(AccountState), 0, len(m.subs))
+	for _, f := range m.subs {
+		subs = append(subs, f)
+	}
+	m.subMu.Unlock()
+	for _, f := range subs {
+		f(s)
+	}
+}
+
+// State returns account's state.
+func (m *Manager) State(name string) AccountState {
+	a, ok := m.accounts[name]
+	if !ok {
+		return AccountState{Account: name}
+	}
+	a.mu.Lock()
+	s := AccountState{Account: a.Name, Mailbox: a.Mailbox, Flow: a.Flow, State: a.state, Explanation: a.expl, AccessExpiry: a.expiry}
+	a.mu.Unlock()
+	if c, ok := m.cache.Peek(name); ok {
+		s.Fingerprint = Fingerprint(c.tok.AccessToken)
+	}
+	if a.delegated() {
+		if rec, ok, err := m.opts.Store.Get(name); err == nil && ok {
+			s.ConsentedBy, s.ConsentedAt, s.LastRefresh = rec.ConsentedBy, rec.ConsentedAt, rec.LastRefresh
+		}
+	}
+	return s
+}
+
+// States returns every account's state, in configuration order.
+func (m *Manager) States() []AccountState {
+	out := make([]AccountState, 0, len(m.order))
+	for _, name := range m.order {
+		out = append(out, m.State(name))
+	}
+	return out
+}
+
+// Account returns account's configuration.
+func (m *Manager) Account(name string) (Account, bool) {
+	a, ok := m.accounts[name]
+	if !ok {
+		return Account{}, false
+	}
+	return a.Account, true
+}
+
+// storeGrant keeps a new grant from Connect or the device flow.
+func (m *Manager) storeGrant(a *account, tok *oauth2.Token) (string, error) {
+	upn := idTokenUPN(tok)
+	now := m.opts.Now()
+	rec := Record{Account: a.Name, RefreshToken: tok.RefreshToken, ConsentedBy: upn, ConsentedAt: now,
+		LastRefresh: now, State: Connected}
+	if s, ok := tok.Extra("scope").(string); ok {
+		rec.Scopes = strings.Fields(s)
+	}
+	if rec.RefreshToken == "" {
+		return "", &AccountError{Account: a.Name, State: Misconfigured, Explanation: Explanation{
+			Title:  "Microsoft returned no refresh token",
+			Action: "add the offline_access permission to the app registration and connect again"}}
+	}
+	if err := m.opts.Store.Put(rec); err != nil {
+		return "", fmt.Errorf("cannot save the sign-in to the keysafe: %w", err)
+	}
+	a.mu.Lock()
+	a.pendingRT = ""
+	a.mu.Unlock()
+	m.cacheToken(a, tok, now)
+	m.setState(a, Connected, Explanation{})
+	m.log.Info("tokens: account connected by sign-in", "account", a.Name, "consented_by", upn)
+	return upn, nil
+}
+
+// idTokenUPN reads the signed-in user's name from the id token. The token
+// came straight from the token endpoint over TLS, so its signature need not
+// be checked for this display-only use (OpenID Connect Core 3.1.3.7).
+func idTokenUPN(tok *oauth2.Token) string {
+	raw, _ := tok.Extra("id_token").(string)
+	parts := strings.Split(raw, ".")
+	if len(parts) < 2 {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		PreferredUsername string `json:"preferred_username"`
+		UPN               string `json:"upn"`
+		Email             string `json:"email"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return ""
+	}
+	for _, s := range []string{c.PreferredUsername, c.UPN, c.Email} {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
