@@ -4,35 +4,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/spf13/cobra"
 )
-
-func newServeCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "serve",
-		Short: "Run the relay: SMTP listener, queue, delivery and admin server",
-		Args:  cobra.NoArgs,
-		RunE:  notYet("serve (the relay)"),
-	}
-	cmd.Flags().String("listen", "", "SMTP listen address (listen.addr)")
-	cmd.Flags().String("admin", "", "admin HTTP address (admin.addr)")
-	cmd.Flags().String("spool", "", "spool folder (spool.dir)")
-	configs.BindFlag(cmd.Flags(), "listen", "listen.addr")
-	configs.BindFlag(cmd.Flags(), "admin", "admin.addr")
-	configs.BindFlag(cmd.Flags(), "spool", "spool.dir")
-	return cmd
-}
-
-func newDemoCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "demo",
-		Short: "Run a relay against a built-in fake Microsoft 365 and send one message through it",
-		Args:  cobra.NoArgs,
-		RunE:  notYet("demo (it needs the relay)"),
-	}
-}
 
 func newAccountsCmd() *cobra.Command {
 	return &cobra.Command{
@@ -48,14 +22,6 @@ func newQueueCmd() *cobra.Command {
 		Use:   "queue",
 		Short: "Inspect and manage the queue (list, show, retry, delete, flush, requeue)",
 		RunE:  notYet("queue"),
-	}
-}
-
-func newSendCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "send",
-		Short: "Send a test message to the local listener",
-		RunE:  notYet("send"),
 	}
 }
 

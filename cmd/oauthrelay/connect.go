@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 	"github.com/spf13/cobra"
 )
@@ -35,7 +36,7 @@ delivers the account's waiting mail.
 			}
 			c := &loaded.Config
 			log := newLogger(c.Log, os.Stderr)
-			m, err := openTokens(c, log)
+			m, err := relay.OpenTokens(c, log, nil)
 			if err != nil {
 				return err
 			}
@@ -73,7 +74,7 @@ delivers the account's waiting mail.
 // connectInBrowser prints the running relay's Connect URL, or serves the
 // Connect flow itself until the account is connected.
 func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager, name string, out interface{ Write([]byte) (int, error) }) error {
-	url := tokens.ConnectURL(adminPublicURL(c), name)
+	url := tokens.ConnectURL(relay.AdminPublicURL(c), name)
 	if conn, err := net.DialTimeout("tcp", c.Admin.Addr, time.Second); err == nil {
 		conn.Close()
 		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", url)
@@ -97,7 +98,7 @@ func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager,
 	srv := &http.Server{Handler: m.ConnectHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
-	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s\nWaiting…\n", adminPublicURL(c), url)
+	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s\nWaiting…\n", relay.AdminPublicURL(c), url)
 	select {
 	case <-done:
 		time.Sleep(500 * time.Millisecond) // let the result page reach the browser

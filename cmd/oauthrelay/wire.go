@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/oauthrelay/oauthrelay/configs"
-	"github.com/oauthrelay/oauthrelay/tokens"
 )
 
 // newLogger builds the slog logger described by log.*.
@@ -20,45 +19,6 @@ func newLogger(c configs.Log, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// adminPublicURL is admin.public_url, or the admin address as a URL.
-func adminPublicURL(c *configs.Config) string {
-	if c.Admin.PublicURL != "" {
-		return strings.TrimRight(c.Admin.PublicURL, "/")
-	}
-	return "http://" + c.Admin.Addr
-}
-
-// tokenAccounts maps configured accounts to the tokens package's view.
-func tokenAccounts(c *configs.Config) []tokens.Account {
-	out := make([]tokens.Account, 0, len(c.Accounts))
-	for _, a := range c.Accounts {
-		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
-			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority})
-	}
-	return out
-}
-
-// openTokens opens the keysafe (creating its key on first start) and the
-// token manager.
-func openTokens(c *configs.Config, log *slog.Logger) (*tokens.Manager, error) {
-	key, err := tokens.LoadKey(c.Keysafe.Key, c.Keysafe.KeyFile, c.Keysafe.Path, log)
-	if err != nil {
-		return nil, err
-	}
-	store, err := tokens.OpenFileKeysafe(c.Keysafe.Path, key)
-	if err != nil {
-		return nil, err
-	}
-	return tokens.NewManager(tokens.Options{
-		Accounts:          tokenAccounts(c),
-		Store:             store,
-		RedirectURL:       adminPublicURL(c) + "/oauth/callback",
-		RefreshSkew:       c.Tokens.RefreshSkew,
-		BackgroundRefresh: c.Tokens.BackgroundRefresh,
-		Logger:            log,
-	})
 }
 
 // mustLoad loads the configuration or returns an exit error that names

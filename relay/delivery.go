@@ -1,0 +1,562 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/tokens"
+	"golang.org/x/time/rate"
+)
+
+// TokenSource gives access tokens for accounts (tokens.Manager).
+type TokenSource interface {
+	Token(ctx context.Context, account string) (tokens.Token, error)
+	Invalidate(account string)
+}
+
+// UpstreamConfig says how to reach Microsoft 365. Timings are fields.
+type UpstreamConfig struct {
+	Addr string
+	// TLS is "starttls", "implicit" or "none" (tests only, with InsecureAllowPlaintext).
+	TLS                    string
+	Hostname               string // sent with EHLO
+	RootCAs                *x509.CertPool
+	InsecureAllowPlaintext bool
+
+	Connections           int     // per account
+	RatePerMinute         float64 // per account; 0 = unlimited
+	MessagesPerConnection int
+	IdleTimeout           time.Duration
+	DialTimeout           time.Duration
+	CommandTimeout        time.Duration
+	// ThrottleBackoff is the least wait after 421 4.4.2 / 432 4.3.2.
+	ThrottleBackoff time.Duration
+	// ThrottleRecovery is how long after the last throttling an account gets
+	// its full concurrency back.
+	ThrottleRecovery time.Duration
+}
+
+// UpstreamAccount is what delivery needs to know of an account.
+type UpstreamAccount struct {
+	Name    string
+	Mailbox string
+	// Rewrite: "off", "envelope" or "from" (envelope and From: header).
+	Rewrite string
+	// Explain turns Microsoft's 535 replies into words (tokens.ExplainSMTPAuth).
+	Explain func(code int, enhanced string) tokens.Explanation
+}
+
+// DeliveryEvents receives what delivery does, for metrics. Any field may be nil.
+type DeliveryEvents struct {
+	ConnOpened func(account string)
+	Reply      func(account string, code int, enhanced string)
+	Throttled  func(account string)
+	// Delivered is called once per message accepted upstream, with the
+	// reply and the time since the relay accepted it.
+	Delivered func(id, account string, reply queue.Reply, sinceAccepted time.Duration)
+}
+
+// Concurrency lets delivery lower an account's parallelism when throttled
+// (queue.Queue.SetAccountConcurrency).
+type Concurrency interface {
+	SetAccountConcurrency(account string, n int)
+}
+
+// Delivery sends queued messages to Microsoft 365; it implements
+// queue.Deliverer.
+type Delivery struct {
+	cfg      UpstreamConfig
+	tokens   TokenSource
+	log      *slog.Logger
+	events   DeliveryEvents
+	conc     Concurrency
+	accounts map[string]*upstream
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+type upstream struct {
+	UpstreamAccount
+	limiter *rate.Limiter
+
+	mu             sync.Mutex
+	idle           []*upConn
+	throttledAt    time.Time
+	concurrency    int
+	throttleStreak int
+}
+
+type upConn struct {
+	c        *smtp.Client
+	used     int
+	lastUsed time.Time
+}
+
+// NewDelivery builds the deliverer. conc may be nil.
+func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource, conc Concurrency, log *slog.Logger, events DeliveryEvents) *Delivery {
+	if cfg.Connections <= 0 {
+		cfg.Connections = 3
+	}
+	if cfg.MessagesPerConnection <= 0 {
+		cfg.MessagesPerConnection = 100
+	}
+	if cfg.ThrottleBackoff <= 0 {
+		cfg.ThrottleBackoff = time.Minute
+	}
+	if cfg.ThrottleRecovery <= 0 {
+		cfg.ThrottleRecovery = 10 * time.Minute
+	}
+	d := &Delivery{cfg: cfg, tokens: ts, log: log, events: events, conc: conc, accounts: map[string]*upstream{}, done: make(chan struct{})}
+	for _, a := range accounts {
+		lim := rate.NewLimiter(rate.Inf, 1)
+		if cfg.RatePerMinute > 0 {
+			// A burst of one minute's worth, then the steady rate.
+			lim = rate.NewLimiter(rate.Limit(cfg.RatePerMinute/60), max(1, int(cfg.RatePerMinute)))
+		}
+		d.accounts[a.Name] = &upstream{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections}
+	}
+	d.wg.Add(1)
+	go d.janitor()
+	return d
+}
+
+// Close closes idle upstream connections and stops the janitor.
+func (d *Delivery) Close() {
+	close(d.done)
+	d.wg.Wait()
+	for _, u := range d.accounts {
+		u.mu.Lock()
+		for _, c := range u.idle {
+			c.c.Quit()
+		}
+		u.idle = nil
+		u.mu.Unlock()
+	}
+}
+
+// janitor closes connections idle longer than IdleTimeout.
+func (d *Delivery) janitor() {
+	defer d.wg.Done()
+	t := time.NewTicker(max(d.cfg.IdleTimeout/2, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-d.done:
+			return
+		case <-t.C:
+		}
+		for _, u := range d.accounts {
+			u.mu.Lock()
+			keep := u.idle[:0]
+			var stale []*upConn
+			for _, c := range u.idle {
+				if time.Since(c.lastUsed) > d.cfg.IdleTimeout {
+					stale = append(stale, c)
+				} else {
+					keep = append(keep, c)
+				}
+			}
+			u.idle = keep
+			u.mu.Unlock()
+			for _, c := range stale {
+				c.c.Quit()
+			}
+		}
+	}
+}
+
+// attemptError is a failure before or outside a transaction: it applies to
+// every recipient of the attempt.
+type attemptError struct {
+	outcome queue.Outcome
+	reply   queue.Reply
+	pause   string // the account cannot send: pause it with this explanation
+	auth535 bool   // Microsoft answered AUTH with 535 (reply holds it)
+	retry   time.Duration
+}
+
+// Deliver implements queue.Deliverer.
+func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result {
+	u, ok := d.accounts[dl.Account]
+	if !ok {
+		return all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.3.5", Text: "account " + dl.Account + " is not configured any more; restore it or delete the message"})
+	}
+	start := time.Now()
+	if err := u.limiter.Wait(ctx); err != nil {
+		return all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"})
+	}
+	res := d.deliver(ctx, u, dl, true)
+	d.log.Info("delivery: attempt", "id", dl.ID, "account", dl.Account, "attempt", dl.Attempt,
+		"recipients", len(dl.To), "result", summarize(res), "duration", time.Since(start).Round(time.Millisecond).String())
+	return res
+}
+
+func summarize(res queue.Result) string {
+	if res.PauseAccount != "" {
+		return "account paused: " + res.PauseAccount
+	}
+	var parts []string
+	for _, r := range res.Recipients {
+		parts = append(parts, r.Reply.String())
+	}
+	if len(parts) > 0 && allSame(parts) {
+		return parts[0]
+	}
+	return strings.Join(parts, " | ")
+}
+
+func allSame(s []string) bool {
+	for _, x := range s[1:] {
+		if x != s[0] {
+			return false
+		}
+	}
+	return true
+}
+
+func all(dl *queue.Delivery, o queue.Outcome, r queue.Reply) queue.Result {
+	res := queue.Result{}
+	for _, to := range dl.To {
+		res.Recipients = append(res.Recipients, queue.RcptResult{Addr: to, Outcome: o, Reply: r})
+	}
+	return res
+}
+
+func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery, mayRetryAuth bool) queue.Result {
+	c, aerr := d.conn(ctx, u)
+	if aerr != nil {
+		if aerr.auth535 && aerr.reply.Enhanced == "5.7.3" && mayRetryAuth {
+			// The token may be stale or revoked: fetch a fresh one and try
+			// once more on a new connection before blaming the account.
+			d.tokens.Invalidate(u.Name)
+			return d.deliver(ctx, u, dl, false)
+		}
+		if aerr.auth535 {
+			return queue.Result{PauseAccount: u.Explain(aerr.reply.Code, aerr.reply.Enhanced).String()}
+		}
+		if aerr.pause != "" {
+			return queue.Result{PauseAccount: aerr.pause}
+		}
+		res := all(dl, aerr.outcome, aerr.reply)
+		res.RetryAfter = aerr.retry
+		return res
+	}
+	res, healthy := d.transact(ctx, u, c, dl)
+	if healthy && c.used < d.cfg.MessagesPerConnection {
+		c.lastUsed = time.Now()
+		u.mu.Lock()
+		u.idle = append(u.idle, c)
+		u.mu.Unlock()
+	} else {
+		go c.c.Quit()
+	}
+	return res
+}
+
+// conn returns an authenticated connection: an idle one that still answers
+// RSET, or a new one.
+func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptError) {
+	for {
+		u.mu.Lock()
+		n := len(u.idle)
+		if n == 0 {
+			u.mu.Unlock()
+			break
+		}
+		c := u.idle[n-1]
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		// RSET between messages doubles as the liveness check (RFC 5321 4.1.1.5).
+		if err := c.c.Reset(); err == nil {
+			return c, nil
+		}
+		c.c.Close()
+	}
+	return d.dial(ctx, u)
+}
+
+func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptError) {
+	connErr := func(what string, err error) *attemptError {
+		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, d.cfg.Addr, err)}}
+	}
+	dialer := &net.Dialer{Timeout: d.cfg.DialTimeout}
+	host, _, _ := net.SplitHostPort(d.cfg.Addr)
+	tlsCfg := &tls.Config{ServerName: host, RootCAs: d.cfg.RootCAs, MinVersion: tls.VersionTLS12}
+	var c *smtp.Client
+	switch d.cfg.TLS {
+	case "implicit":
+		conn, err := tls.DialWithDialer(dialer, "tcp", d.cfg.Addr, tlsCfg)
+		if err != nil {
+			return nil, connErr("cannot connect to", err)
+		}
+		c = smtp.NewClient(conn)
+	case "starttls":
+		conn, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
+		if err != nil {
+			return nil, connErr("cannot connect to", err)
+		}
+		conn.SetDeadline(time.Now().Add(d.cfg.CommandTimeout))
+		c, err = smtp.NewClientStartTLS(conn, tlsCfg)
+		if err != nil {
+			conn.Close()
+			var se *smtp.SMTPError
+			if errors.As(err, &se) {
+				return nil, d.replyErr("STARTTLS", err)
+			}
+			return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
+				Text: fmt.Sprintf("STARTTLS with %s failed (%v); refusing to send an OAuth token without TLS", d.cfg.Addr, err)}}
+		}
+		conn.SetDeadline(time.Time{})
+	default:
+		conn, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
+		if err != nil {
+			return nil, connErr("cannot connect to", err)
+		}
+		c = smtp.NewClient(conn)
+	}
+	c.CommandTimeout = d.cfg.CommandTimeout
+	c.SubmissionTimeout = d.cfg.CommandTimeout
+	// After STARTTLS this is the second EHLO, over TLS (RFC 3207 4.2).
+	if err := c.Hello(d.cfg.Hostname); err != nil {
+		c.Close()
+		var ce *tls.CertificateVerificationError
+		if errors.As(err, &ce) {
+			return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.5",
+				Text: fmt.Sprintf("certificate of %s not trusted: %v (upstream.ca_file adds a CA)", d.cfg.Addr, ce.Err)}}
+		}
+		return nil, d.replyErr("EHLO", err)
+	}
+	if _, isTLS := c.TLSConnectionState(); !isTLS && !d.cfg.InsecureAllowPlaintext {
+		c.Close()
+		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
+			Text: "upstream connection is not encrypted; refusing to send an OAuth token"}}
+	}
+	if d.events.ConnOpened != nil {
+		d.events.ConnOpened(u.Name)
+	}
+	tok, err := d.tokens.Token(ctx, u.Name)
+	if err != nil {
+		c.Close()
+		var ae *tokens.AccountError
+		if errors.As(err, &ae) {
+			return nil, &attemptError{pause: ae.Explanation.String()}
+		}
+		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "no access token yet: " + err.Error()}}
+	}
+	if err := c.Auth(&tokens.XOAuth2{User: u.Mailbox, Token: tok.AccessToken}); err != nil {
+		c.Close()
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 535 {
+			enh := enhanced(se)
+			d.reply(u.Name, se.Code, enh)
+			d.log.Warn("delivery: Microsoft refused the login", "account", u.Name, "reply", fmt.Sprintf("%d %s %s", se.Code, enh, se.Message), "token", tokens.Fingerprint(tok.AccessToken))
+			return nil, &attemptError{auth535: true, reply: queue.Reply{Code: se.Code, Enhanced: enh, Text: se.Message}}
+		}
+		return nil, d.replyErr("AUTH", err)
+	}
+	return &upConn{c: c}, nil
+}
+
+func enhanced(se *smtp.SMTPError) string {
+	if se.EnhancedCode == smtp.NoEnhancedCode || se.EnhancedCode == (smtp.EnhancedCode{}) {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+}
+
+func (d *Delivery) reply(account string, code int, enh string) {
+	if d.events.Reply != nil {
+		d.events.Reply(account, code, enh)
+	}
+}
+
+// replyErr classifies an error outside a transaction.
+func (d *Delivery) replyErr(stage string, err error) *attemptError {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		// Even a 5xx at EHLO/AUTH is about the connection, not the message:
+		// retrying later is right, bouncing would be wrong.
+		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: se.Code, Enhanced: enhanced(se), Text: se.Message}}
+	}
+	return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.2", Text: fmt.Sprintf("connection lost at %s: %v", stage, err)}}
+}
+
+// transact runs MAIL, RCPT… and DATA. healthy says the connection may be reused.
+func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *queue.Delivery) (queue.Result, bool) {
+	c.used++
+	from := dl.From
+	if u.Rewrite != "off" && u.Rewrite != "" || from == "" {
+		from = u.Mailbox // Microsoft accepts neither <> nor a sender the mailbox may not send as
+	}
+	opts := &smtp.MailOptions{UTF8: dl.SMTPUTF8, Size: dl.Size}
+	if dl.EightBit {
+		opts.Body = smtp.Body8BitMIME
+	}
+	if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
+		opts.UTF8 = false
+	}
+	res := queue.Result{}
+	if err := c.c.Mail(from, opts); err != nil {
+		r, throttled, conn := d.classify(u, err)
+		out := all(dl, outcome(r), r)
+		if throttled {
+			out.RetryAfter = d.throttle(u)
+		}
+		return out, !conn && !throttled
+	}
+	var accepted []string
+	for i, to := range dl.To {
+		err := c.c.Rcpt(to, nil)
+		if err == nil {
+			accepted = append(accepted, to)
+			continue
+		}
+		r, throttled, conn := d.classify(u, err)
+		if conn {
+			// The connection is gone: every recipient not yet answered is deferred.
+			for _, rest := range dl.To[i:] {
+				res.Recipients = append(res.Recipients, queue.RcptResult{Addr: rest, Outcome: queue.Deferred, Reply: r})
+			}
+			for _, a := range accepted {
+				res.Recipients = append(res.Recipients, queue.RcptResult{Addr: a, Outcome: queue.Deferred, Reply: r})
+			}
+			return res, false
+		}
+		if throttled {
+			res.RetryAfter = d.throttle(u)
+		}
+		res.Recipients = append(res.Recipients, queue.RcptResult{Addr: to, Outcome: outcome(r), Reply: r})
+	}
+	if len(accepted) == 0 {
+		c.c.Reset()
+		return res, true
+	}
+	r, err := d.data(u, c, dl)
+	if err != nil {
+		var throttled, conn bool
+		r, throttled, conn = d.classify(u, err)
+		if throttled {
+			res.RetryAfter = d.throttle(u)
+		}
+		for _, a := range accepted {
+			res.Recipients = append(res.Recipients, queue.RcptResult{Addr: a, Outcome: outcome(r), Reply: r})
+		}
+		return res, !conn && !throttled
+	}
+	d.reply(u.Name, r.Code, r.Enhanced)
+	for _, a := range accepted {
+		res.Recipients = append(res.Recipients, queue.RcptResult{Addr: a, Outcome: queue.Delivered, Reply: r})
+	}
+	if d.events.Delivered != nil {
+		d.events.Delivered(dl.ID, u.Name, r, time.Since(dl.Arrived))
+	}
+	d.recover(u)
+	return res, true
+}
+
+func (d *Delivery) data(u *upstream, c *upConn, dl *queue.Delivery) (queue.Reply, error) {
+	body, err := dl.Open()
+	if err != nil {
+		return queue.Reply{}, fmt.Errorf("cannot read the queued message: %w", err)
+	}
+	defer body.Close()
+	w, err := c.c.Data()
+	if err != nil {
+		return queue.Reply{}, err
+	}
+	var src io.Reader = bufio.NewReaderSize(body, 64<<10)
+	if u.Rewrite == "from" {
+		src = rewriteFrom(src, u.Mailbox)
+	}
+	if _, err := io.Copy(w, src); err != nil {
+		w.Close()
+		return queue.Reply{}, err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return queue.Reply{}, err
+	}
+	code, enh, text := 250, "", resp.StatusText
+	// StatusText is "2.0.0 OK <id> [Hostname=…]" with ENHANCEDSTATUSCODES.
+	if e, rest, ok := strings.Cut(text, " "); ok && len(e) >= 5 && e[0] == '2' && e[1] == '.' {
+		enh, text = e, rest
+	}
+	return queue.Reply{Code: code, Enhanced: enh, Text: text}, nil
+}
+
+// classify turns an error inside a transaction into a reply, and says
+// whether Microsoft is throttling and whether the connection is gone.
+func (d *Delivery) classify(u *upstream, err error) (r queue.Reply, throttled, connGone bool) {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return queue.Reply{Code: 451, Enhanced: "4.4.2", Text: "connection lost: " + err.Error()}, false, true
+	}
+	r = queue.Reply{Code: se.Code, Enhanced: enhanced(se), Text: se.Message}
+	d.reply(u.Name, r.Code, r.Enhanced)
+	switch {
+	case r.Enhanced == "4.4.2" && r.Code == 421, r.Enhanced == "4.3.2":
+		return r, true, r.Code == 421
+	case r.Code == 421:
+		return r, false, true // the server closes the connection after 421
+	}
+	return r, false, false
+}
+
+func outcome(r queue.Reply) queue.Outcome {
+	switch {
+	case r.Code >= 200 && r.Code < 300:
+		return queue.Delivered
+	case r.Code >= 500:
+		return queue.Failed
+	}
+	return queue.Deferred
+}
+
+// throttle slows the account down after 421 4.4.2 / 432 4.3.2: one
+// connection fewer (at least one), and a later retry that grows while the
+// throttling lasts.
+func (d *Delivery) throttle(u *upstream) time.Duration {
+	u.mu.Lock()
+	u.throttledAt = time.Now()
+	u.throttleStreak++
+	u.concurrency = max(1, u.concurrency-1)
+	n, streak := u.concurrency, u.throttleStreak
+	u.mu.Unlock()
+	if d.conc != nil {
+		d.conc.SetAccountConcurrency(u.Name, n)
+	}
+	if d.events.Throttled != nil {
+		d.events.Throttled(u.Name)
+	}
+	wait := d.cfg.ThrottleBackoff * time.Duration(min(streak, 8))
+	d.log.Warn("delivery: Microsoft is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
+	return wait
+}
+
+// recover restores an account's concurrency once throttling has stopped.
+func (d *Delivery) recover(u *upstream) {
+	u.mu.Lock()
+	u.throttleStreak = 0 // accepted: the next throttling starts the back-off afresh
+	if u.throttledAt.IsZero() || time.Since(u.throttledAt) < d.cfg.ThrottleRecovery {
+		u.mu.Unlock()
+		return
+	}
+	u.throttledAt, u.throttleStreak, u.concurrency = time.Time{}, 0, d.cfg.Connections
+	u.mu.Unlock()
+	if d.conc != nil {
+		d.conc.SetAccountConcurrency(u.Name, 0)
+	}
+	d.log.Info("delivery: throttling over; full speed again", "account", u.Name)
+}

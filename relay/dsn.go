@@ -1,0 +1,170 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/queue"
+)
+
+// Bouncer sends RFC 3464 delivery status notifications for failed
+// recipients, through the same account, to the original sender. It is the
+// queue's bounce hook; the queue never calls it for the null sender or for
+// a bounce.
+type Bouncer struct {
+	Queue    Enqueuer
+	Hostname string
+	// Mailbox returns the account's mailbox (the DSN's envelope sender:
+	// Microsoft 365 does not accept <>).
+	Mailbox func(account string) string
+	Log     *slog.Logger
+}
+
+// Bounce implements queue.BounceFunc.
+func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
+	mailbox := b.Mailbox(bo.Meta.Account)
+	if mailbox == "" {
+		return fmt.Errorf("account %s is not configured; cannot send the bounce", bo.Meta.Account)
+	}
+	headers := originalHeaders(bo.Open)
+	msg := buildDSN(b.Hostname, mailbox, bo.Meta, bo.Failed, headers, time.Now())
+	id, err := b.Queue.Enqueue(ctx, queue.Envelope{
+		From: mailbox, To: []string{bo.Meta.From}, Account: bo.Meta.Account,
+		IsBounce: true, EightBit: true,
+	}, bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	b.Log.Info("bounce queued", "id", id, "for", bo.Meta.ID, "to", bo.Meta.From, "failed_recipients", len(bo.Failed))
+	return nil
+}
+
+// originalHeaders returns the header block of the original message (at most 64 KiB).
+func originalHeaders(open func() (io.ReadCloser, error)) []byte {
+	if open == nil {
+		return nil
+	}
+	rc, err := open()
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	br := bufio.NewReader(io.LimitReader(rc, 64<<10))
+	var h bytes.Buffer
+	for {
+		line, err := br.ReadString('\n')
+		if strings.TrimRight(line, "\r\n") == "" {
+			break
+		}
+		if !strings.HasSuffix(line, "\r\n") {
+			line = strings.TrimRight(line, "\r\n") + "\r\n"
+		}
+		h.WriteString(line)
+		if err != nil {
+			break
+		}
+	}
+	return h.Bytes()
+}
+
+func dsnStatus(r queue.Reply) string {
+	if r.Enhanced != "" {
+		return r.Enhanced
+	}
+	return fmt.Sprintf("%d.0.0", r.Code/100)
+}
+
+func buildDSN(hostname, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
+	rnd := make([]byte, 12)
+	rand.Read(rnd)
+	boundary := "oauthrelay-" + hex.EncodeToString(rnd)
+	var b bytes.Buffer
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("From: Mail Delivery System <%s>\r\n", mailbox)
+	w("To: <%s>\r\n", m.From)
+	w("Subject: Undelivered Mail Returned to Sender\r\n")
+	w("Date: %s\r\n", now.Format(time.RFC1123Z))
+	w("Message-ID: <dsn.%s.%s@%s>\r\n", m.ID, hex.EncodeToString(rnd[:4]), hostname)
+	w("Auto-Submitted: auto-replied\r\n") // RFC 3834: never answered automatically
+	w("MIME-Version: 1.0\r\n")
+	w("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n\r\n", boundary)
+	w("This is a MIME-encapsulated message.\r\n\r\n")
+
+	w("--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", boundary)
+	w("This is oauthrelay at %s, sending mail through Microsoft 365 as %s.\r\n\r\n", hostname, mailbox)
+	w("Your message of %s could not be delivered to %d recipient(s).\r\n", m.Arrived.Format(time.RFC1123Z), len(failed))
+	w("It was not delivered to them and will not be retried.\r\n\r\n")
+	for _, r := range failed {
+		reply := queue.Reply{Code: 554, Text: "failed"}
+		if r.Last != nil {
+			reply = *r.Last
+		}
+		w("<%s>\r\n", r.Addr)
+		w("    Microsoft 365 answered: %s\r\n", reply)
+		w("    What it means: %s\r\n\r\n", ExplainReply(reply, mailbox, m.From))
+	}
+
+	w("--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	w("Reporting-MTA: dns; %s\r\n", hostname)
+	w("X-Oauthrelay-Queue-ID: %s\r\n", m.ID)
+	w("Arrival-Date: %s\r\n", m.Arrived.Format(time.RFC1123Z))
+	for _, r := range failed {
+		reply := queue.Reply{Code: 554, Text: "failed"}
+		if r.Last != nil {
+			reply = *r.Last
+		}
+		w("\r\nFinal-Recipient: rfc822; %s\r\n", r.Addr)
+		w("Action: failed\r\n")
+		w("Status: %s\r\n", dsnStatus(reply))
+		w("Remote-MTA: dns; smtp.office365.com\r\n")
+		w("Diagnostic-Code: smtp; %s\r\n", oneLine(reply.String()))
+		if !m.LastAttempt.IsZero() {
+			w("Last-Attempt-Date: %s\r\n", m.LastAttempt.Format(time.RFC1123Z))
+		}
+	}
+	w("\r\n--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
+	b.Write(headers)
+	w("\r\n--%s--\r\n", boundary)
+	return b.Bytes()
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 900 {
+		s = s[:900]
+	}
+	return s
+}
+
+// ExplainReply says what a Microsoft 365 reply means for the sender or admin.
+func ExplainReply(r queue.Reply, mailbox, sender string) string {
+	switch {
+	case r.Enhanced == "5.2.252":
+		return fmt.Sprintf("the mailbox %s may not send as %s. An Exchange admin grants it Send As on that address (Add-RecipientPermission), or the relay's account sets rewrite_sender: envelope (or from).", mailbox, sender)
+	case r.Enhanced == "5.3.4" || r.Code == 552:
+		return "the message is larger than Microsoft 365 accepts for this mailbox (35 MB by default, after encoding). Send smaller attachments or a link."
+	case r.Enhanced == "4.4.7":
+		return "the relay kept trying for the whole retry period without success; the reason is in the reply above."
+	case strings.HasPrefix(r.Enhanced, "5.1."):
+		return "Microsoft 365 does not accept this recipient address: check it for typos."
+	case r.Enhanced == "5.2.251", r.Enhanced == "5.2.253", r.Enhanced == "5.2.254", r.Enhanced == "5.2.255":
+		return "Microsoft 365 is throttling the mailbox after too many errors; an admin should check the mailbox's sending limits and errors."
+	case strings.HasPrefix(r.Enhanced, "5.7.70"), strings.HasPrefix(r.Enhanced, "5.7.75"):
+		return "Microsoft 365 blocked sending from this tenant or mailbox (suspected spam or a restricted account); an admin must check the Microsoft 365 Defender portal."
+	case r.Enhanced == "5.7.57":
+		return "Microsoft 365 did not accept the relay's sign-in for this message."
+	case strings.HasPrefix(r.Enhanced, "5.7."):
+		return "Microsoft 365 refused the message by policy; an Exchange admin can look it up by the code."
+	case r.Code >= 500:
+		return "Microsoft 365 refused the message permanently."
+	}
+	return "a temporary failure."
+}

@@ -1,0 +1,281 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// Relay is a whole oauthrelay: tokens, queue, delivery, SMTP listener and
+// admin HTTP server, built from a configuration.
+type Relay struct {
+	Config   *configs.Config
+	Log      *slog.Logger
+	Tokens   *tokens.Manager
+	Queue    *queue.Queue
+	Delivery *Delivery
+	Listener *Listener
+	// Admin is the admin HTTP handler (Connect flow, health).
+	Admin http.Handler
+
+	smtpLn, adminLn net.Listener
+	adminSrv        *http.Server
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	unsubscribe     func()
+}
+
+// Hooks lets callers (metrics, the demo, tests) observe the relay. Any may be nil.
+type Hooks struct {
+	Listener ListenerEvents
+	Delivery DeliveryEvents
+	// Tune adjusts component options before they are built (tests shorten timings).
+	TuneQueue    func(*queue.Options)
+	TuneUpstream func(*UpstreamConfig)
+	TuneTokens   func(*tokens.Options)
+}
+
+// AdminPublicURL is admin.public_url, or the admin address as a URL.
+func AdminPublicURL(c *configs.Config) string {
+	if c.Admin.PublicURL != "" {
+		return strings.TrimRight(c.Admin.PublicURL, "/")
+	}
+	return "http://" + c.Admin.Addr
+}
+
+// TokenAccounts maps configured accounts to the tokens package's view.
+func TokenAccounts(c *configs.Config) []tokens.Account {
+	out := make([]tokens.Account, 0, len(c.Accounts))
+	for _, a := range c.Accounts {
+		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
+			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority})
+	}
+	return out
+}
+
+// OpenTokens opens the keysafe (creating its key on first start) and the
+// token manager.
+func OpenTokens(c *configs.Config, log *slog.Logger, tune func(*tokens.Options)) (*tokens.Manager, error) {
+	key, err := tokens.LoadKey(c.Keysafe.Key, c.Keysafe.KeyFile, c.Keysafe.Path, log)
+	if err != nil {
+		return nil, err
+	}
+	store, err := tokens.OpenFileKeysafe(c.Keysafe.Path, key)
+	if err != nil {
+		return nil, err
+	}
+	opts := tokens.Options{
+		Accounts:          TokenAccounts(c),
+		Store:             store,
+		RedirectURL:       AdminPublicURL(c) + "/oauth/callback",
+		RefreshSkew:       c.Tokens.RefreshSkew,
+		BackgroundRefresh: c.Tokens.BackgroundRefresh,
+		Logger:            log,
+	}
+	if tune != nil {
+		tune(&opts)
+	}
+	return tokens.NewManager(opts)
+}
+
+// New builds a relay from c; Start makes it listen.
+func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
+	r := &Relay{Config: c, Log: log}
+	var err error
+
+	lc := ListenerConfig{
+		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
+		MaxRecipients: c.Listen.MaxRecipients, MaxSessions: c.Listen.MaxSessions,
+		ReadTimeout: c.Listen.ReadTimeout, WriteTimeout: c.Listen.WriteTimeout,
+		AuthRequired: c.Listen.Auth.Required,
+	}
+	for _, n := range c.Listen.AllowedNetworks {
+		p, err := configs.ParseNetwork(n)
+		if err != nil {
+			return nil, fmt.Errorf("listen.allowed_networks: %q: %w", n, err)
+		}
+		lc.AllowedNetworks = append(lc.AllowedNetworks, p)
+	}
+	if c.Listen.Auth.UsersFile != "" {
+		if lc.Users, err = LoadUsers(c.Listen.Auth.UsersFile); err != nil {
+			return nil, err
+		}
+	}
+	if c.Listen.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("listen.tls: %w", err)
+		}
+		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if c.Upstream.CAFile != "" {
+		pem, err := os.ReadFile(c.Upstream.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.ca_file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.ca_file %s: no PEM certificate in it", c.Upstream.CAFile)
+		}
+	}
+
+	if r.Tokens, err = OpenTokens(c, log, hooks.TuneTokens); err != nil {
+		return nil, err
+	}
+
+	uc := UpstreamConfig{
+		Addr: c.Upstream.Addr, TLS: c.Upstream.TLS, Hostname: c.Upstream.Hostname, RootCAs: roots,
+		InsecureAllowPlaintext: c.Upstream.InsecureAllowPlaintext,
+		Connections:            c.Delivery.Connections, RatePerMinute: c.Delivery.RatePerMinute,
+		MessagesPerConnection: c.Delivery.MessagesPerConnection, IdleTimeout: c.Delivery.IdleTimeout,
+		DialTimeout: c.Delivery.DialTimeout, CommandTimeout: c.Delivery.CommandTimeout,
+	}
+	if hooks.TuneUpstream != nil {
+		hooks.TuneUpstream(&uc)
+	}
+	var ups []UpstreamAccount
+	var routes []Route
+	for _, a := range c.Accounts {
+		ta := tokens.Account{Name: a.Name, Mailbox: a.Mailbox}
+		ups = append(ups, UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender,
+			Explain: func(code int, enh string) tokens.Explanation { return tokens.ExplainSMTPAuth(code, enh, ta) }})
+		routes = append(routes, Route{Account: a.Name, Patterns: a.Senders})
+	}
+	r.Delivery = NewDelivery(uc, ups, r.Tokens, nil, log, hooks.Delivery)
+
+	bouncer := &Bouncer{Hostname: c.Listen.Hostname, Mailbox: r.Tokens.Mailbox, Log: log}
+	qo := queue.Options{
+		Dir: c.Spool.Dir, Deliverer: r.Delivery, Bounce: bouncer.Bounce,
+		Workers: c.Delivery.Workers, AccountConcurrency: c.Delivery.Connections,
+		Retry:           queue.RetryPolicy{Delays: c.Delivery.Retry, Jitter: c.Delivery.Jitter, MaxAge: c.Delivery.MaxAge},
+		FailedRetention: c.Spool.FailedRetention, Logger: log,
+	}
+	if hooks.TuneQueue != nil {
+		hooks.TuneQueue(&qo)
+	}
+	if r.Queue, err = queue.Open(qo); err != nil {
+		r.Delivery.Close()
+		return nil, err
+	}
+	bouncer.Queue = r.Queue
+	r.Delivery.conc = r.Queue
+
+	// Token state drives the queue: an account that cannot sign in is
+	// paused; reconnecting it delivers its waiting mail at once.
+	r.unsubscribe = r.Tokens.Subscribe(func(s tokens.AccountState) {
+		switch s.State {
+		case tokens.Connected:
+			r.Queue.Resume(s.Account)
+		case tokens.NeedsReconnect, tokens.Misconfigured:
+			r.Queue.Pause(s.Account, s.Explanation.String())
+		}
+	})
+
+	r.Listener = NewListener(lc, r.Queue, NewRouter(routes), log, hooks.Listener)
+
+	mux := http.NewServeMux()
+	connect := r.Tokens.ConnectHandler()
+	mux.Handle("GET /connect/{account}", connect)
+	mux.Handle("GET /oauth/callback", connect)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	r.Admin = mux
+	return r, nil
+}
+
+// Start listens on listen.addr and admin.addr and starts background work.
+func (r *Relay) Start() error {
+	smtpLn, err := net.Listen("tcp", r.Config.Listen.Addr)
+	if err != nil {
+		return fmt.Errorf("listen.addr %s: %w", r.Config.Listen.Addr, err)
+	}
+	adminLn, err := net.Listen("tcp", r.Config.Admin.Addr)
+	if err != nil {
+		smtpLn.Close()
+		return fmt.Errorf("admin.addr %s: %w", r.Config.Admin.Addr, err)
+	}
+	r.StartWith(smtpLn, adminLn)
+	return nil
+}
+
+// StartWith serves on listeners the caller opened (tests and the demo,
+// which need the ports before the relay is built).
+func (r *Relay) StartWith(smtpLn, adminLn net.Listener) {
+	r.smtpLn, r.adminLn = smtpLn, adminLn
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.adminSrv = &http.Server{Handler: r.Admin, ReadHeaderTimeout: 10 * time.Second}
+	r.wg.Add(3)
+	go func() { defer r.wg.Done(); r.Tokens.Run(ctx) }()
+	go func() {
+		defer r.wg.Done()
+		if err := r.Listener.Serve(r.smtpLn); err != nil {
+			r.Log.Error("smtp listener stopped", "error", err.Error())
+		}
+	}()
+	go func() {
+		defer r.wg.Done()
+		if err := r.adminSrv.Serve(r.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.Log.Error("admin server stopped", "error", err.Error())
+		}
+	}()
+	r.Log.Info("oauthrelay started", "smtp", r.SMTPAddr(), "admin", r.AdminAddr(), "spool", r.Config.Spool.Dir, "accounts", len(r.Config.Accounts))
+}
+
+// SMTPAddr is where the listener listens (after Start).
+func (r *Relay) SMTPAddr() string { return r.smtpLn.Addr().String() }
+
+// AdminAddr is where the admin server listens (after Start).
+func (r *Relay) AdminAddr() string { return r.adminLn.Addr().String() }
+
+// Shutdown stops accepting mail, lets SMTP sessions in progress finish and
+// deliveries in flight end (until ctx is done), and closes the queue so the
+// next start resumes every message.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	var errs []error
+	if r.Listener != nil && r.smtpLn != nil {
+		if err := r.Listener.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("smtp sessions cut at the deadline: %w", err))
+		}
+	}
+	if r.adminSrv != nil {
+		r.adminSrv.Shutdown(ctx)
+	}
+	if r.unsubscribe != nil {
+		r.unsubscribe()
+	}
+	r.Queue.Close(ctx)
+	r.Delivery.Close()
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Abandon stops the relay without any clean-up, as a crash would leave it
+// (tests only): listeners close, nothing is flushed or finished.
+func (r *Relay) Abandon() {
+	r.smtpLn.Close()
+	r.adminLn.Close()
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
