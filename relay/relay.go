@@ -278,4 +278,3 @@ func (r *Relay) Abandon() {
 		r.cancel()
 	}
 }
-

@@ -285,7 +285,9 @@ func TestManager_TransientErrorsKeepStateAndRetry(t *testing.T) {
 	if st := m.State("helpdesk").State; st != tokens.Connected {
 		t.Errorf("state changed to %s on a transient error", st)
 	}
-	m2 := e.manager(t, func(o *tokens.Options) { o.TransientRetries = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond} })
+	m2 := e.manager(t, func(o *tokens.Options) {
+		o.TransientRetries = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
+	})
 	e.fake.Entra.FailNext(fakem365.GrantRefreshToken, fakem365.Fault{HTTPStatus: 500}, fakem365.Fault{HTTPStatus: 429})
 	if _, err := m2.Token(context.Background(), "helpdesk"); err != nil {
 		t.Fatalf("retries with backoff should get through: %v", err)
