@@ -102,6 +102,9 @@ type upConn struct {
 	c        *smtp.Client
 	used     int
 	lastUsed time.Time
+	// tokenExpiry is when the token it signed in with expires: a session
+	// is not reused past it, so Microsoft never sees a stale credential.
+	tokenExpiry time.Time
 }
 
 // NewDelivery builds the deliverer. conc may be nil.
@@ -278,6 +281,10 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 		c := u.idle[n-1]
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
+		if !time.Now().Before(c.tokenExpiry) {
+			go c.c.Quit()
+			continue
+		}
 		// RSET between messages doubles as the liveness check (RFC 5321 4.1.1.5).
 		if err := c.c.Reset(); err == nil {
 			return c, nil
@@ -366,7 +373,7 @@ func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptErro
 		}
 		return nil, d.replyErr("AUTH", err)
 	}
-	return &upConn{c: c}, nil
+	return &upConn{c: c, tokenExpiry: tok.Expiry}, nil
 }
 
 func enhanced(se *smtp.SMTPError) string {

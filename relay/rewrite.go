@@ -37,6 +37,9 @@ func rewriteFrom(r io.Reader, mailbox string) io.Reader {
 // rewriteHeader works on a complete header block ending with the empty line.
 func rewriteHeader(h []byte, mailbox string) []byte {
 	lines := strings.SplitAfter(string(h), "\n")
+	if n := len(lines); n > 0 && lines[n-1] == "" {
+		lines = lines[:n-1] // SplitAfter leaves an empty tail after the last "\n"
+	}
 	var out []string
 	var from []string
 	hasReplyTo := false

@@ -76,6 +76,8 @@ type SMTP struct {
 	authDisabled  map[string]bool
 	maxConcurrent int
 	ratePerMinute int
+	rateWindow    time.Duration
+	refuse        *smtp.SMTPError
 	sent          []time.Time
 	dropData      int
 	delay         time.Duration
@@ -104,6 +106,9 @@ func NewSMTP(entra *Entra, ca *CA) (*SMTP, error) {
 	srv.Domain = "FAKE.outlook.office365.com"
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{ca.Server}, MinVersion: tls.VersionTLS12}
 	srv.MaxMessageBytes = 150 << 20 // SIZE 157286400
+	// Exchange Online's line limit is not documented (M365.md); long HTML
+	// lines are common, so the fake takes up to 16 KiB, not go-smtp's 2,000.
+	srv.MaxLineLength = 16 << 10
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableBINARYMIME = true
@@ -206,6 +211,21 @@ func (s *SMTP) SetRatePerMinute(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ratePerMinute = n
+}
+
+// SetRateWindow changes the window of SetRatePerMinute (default a minute),
+// so tests need not wait a minute for throttling to pass.
+func (s *SMTP) SetRateWindow(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rateWindow = d
+}
+
+// SetRefuse answers every MAIL with reply until it is set back to nil.
+func (s *SMTP) SetRefuse(reply *smtp.SMTPError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuse = reply
 }
 
 // DropDuringData closes the connection in the middle of each of the next n
@@ -346,11 +366,18 @@ func (f *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
 	if r, _ := s.fault(StageMail); r != nil {
 		return r
 	}
+	if s.refuse != nil {
+		return s.refuse
+	}
 	if s.maxConcurrent > 0 && s.active.Load() > int64(s.maxConcurrent) {
 		return ReplyThreadLimit
 	}
 	if s.ratePerMinute > 0 {
-		cut := time.Now().Add(-time.Minute)
+		window := s.rateWindow
+		if window == 0 {
+			window = time.Minute
+		}
+		cut := time.Now().Add(-window)
 		for len(s.sent) > 0 && s.sent[0].Before(cut) {
 			s.sent = s.sent[1:]
 		}

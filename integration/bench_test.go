@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/oauthrelay/oauthrelay/relay"
+)
+
+// body4k is a 4 KiB message with a unique X-Test-Id.
+func body4k(i int) string {
+	head := message(i, mailbox, "bob@example.com", "")
+	return head + string(bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), (4096-len(head))/64))
+}
+
+// pump sends n messages over `clients` persistent SMTP connections.
+func pump(b *testing.B, addr string, n, clients int) {
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl, err := smtp.Dial(addr)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer cl.Close()
+			for i := c; i < n; i += clients {
+				if _, err := sendOn(cl, mailbox, []string{"bob@example.com"}, body4k(i), nil); err != nil {
+					b.Error(fmt.Errorf("message %d: %w", i, err))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkAcceptDurable20Clients: 20 concurrent SMTP clients, 4 KiB
+// messages, each 250 only after fsync (delivery held back by a pause).
+//
+//	go test ./integration -run '^$' -bench AcceptDurable -benchtime 3000x
+func BenchmarkAcceptDurable20Clients(b *testing.B) {
+	h := newHarness(b, nil, relay.Hooks{})
+	h.relay.Queue.Pause("helpdesk", "benchmark: accept only")
+	b.SetBytes(4096)
+	b.ResetTimer()
+	pump(b, h.relay.SMTPAddr(), b.N, 20)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkEndToEnd20Clients: accept, then deliver to the fake Microsoft
+// 365 over STARTTLS + XOAUTH2 with pooled connections; pacing off. The
+// clock stops when the fake holds every message.
+//
+//	go test ./integration -run '^$' -bench EndToEnd -benchtime 3000x
+func BenchmarkEndToEnd20Clients(b *testing.B) {
+	h := newHarness(b, nil, relay.Hooks{})
+	h.connect()
+	b.SetBytes(4096)
+	b.ResetTimer()
+	pump(b, h.relay.SMTPAddr(), b.N, 20)
+	got := len(h.fake.SMTP.WaitMessages(b.N, 5*time.Minute))
+	b.StopTimer()
+	if got < b.N {
+		b.Fatalf("only %d of %d delivered", got, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(h.fake.SMTP.Connections()), "upstream-conns")
+}

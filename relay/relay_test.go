@@ -1,0 +1,90 @@
+package relay
+
+import (
+	"bufio"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/queue"
+)
+
+func TestRouter_FirstMatchWinsNeverOpen(t *testing.T) {
+	r := NewRouter([]Route{
+		{Account: "alerts", Patterns: []string{"alerts@contoso.com"}},
+		{Account: "contoso", Patterns: []string{"*@contoso.com", "*@*.contoso.com"}},
+		{Account: "fallback", Patterns: []string{"*@fabrikam.com"}},
+	})
+	tests := []struct {
+		sender, account string
+		ok              bool
+	}{
+		{"alerts@contoso.com", "alerts", true},
+		{"ALERTS@Contoso.com", "alerts", true},
+		{"bob@contoso.com", "contoso", true},
+		{"scanner@floor2.contoso.com", "contoso", true},
+		{"bob@notcontoso.com", "", false},
+		{"bob@contoso.com.evil.test", "", false},
+		{"x@fabrikam.com", "fallback", true},
+		{"", "", false}, // the null sender only routes through "*"
+		{"weird@user@contoso.com", "contoso", true},
+	}
+	for _, tt := range tests {
+		got, ok := r.Route(tt.sender)
+		if got != tt.account || ok != tt.ok {
+			t.Errorf("Route(%q) = %q, %v; want %q, %v", tt.sender, got, ok, tt.account, tt.ok)
+		}
+	}
+	star := NewRouter([]Route{{Account: "any", Patterns: []string{"*"}}})
+	if a, ok := star.Route(""); !ok || a != "any" {
+		t.Error(`"*" must route the null sender`)
+	}
+}
+
+func TestRewriteFrom_KeepsOriginalInReplyTo(t *testing.T) {
+	in := "Received: from x\r\nFrom: \"App\"\r\n <app@contoso.com>\r\nSubject: hi\r\n\r\nFrom: not a header\r\nbody\r\n"
+	b, _ := io.ReadAll(rewriteFrom(bufio.NewReader(strings.NewReader(in)), "mbx@contoso.com"))
+	got := string(b)
+	want := "Received: from x\r\nSubject: hi\r\nFrom: mbx@contoso.com\r\nReply-To: \"App\" <app@contoso.com>\r\n\r\nFrom: not a header\r\nbody\r\n"
+	if got != want {
+		t.Fatalf("got\n%q\nwant\n%q", got, want)
+	}
+	// An existing Reply-To wins; a message without From passes unchanged.
+	in2 := "From: a@b.c\r\nReply-To: r@b.c\r\n\r\nx\r\n"
+	b, _ = io.ReadAll(rewriteFrom(strings.NewReader(in2), "m@b.c"))
+	if string(b) != "Reply-To: r@b.c\r\nFrom: m@b.c\r\n\r\nx\r\n" {
+		t.Errorf("got %q", b)
+	}
+	in3 := "Subject: x\r\n\r\nbody\r\n"
+	if b, _ = io.ReadAll(rewriteFrom(strings.NewReader(in3), "m@b.c")); string(b) != in3 {
+		t.Errorf("got %q", b)
+	}
+}
+
+func TestBuildDSN_RFC3464Parts(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	m := &queue.Meta{ID: "0123456789abcdef0123", From: "app@contoso.com", Account: "helpdesk", Arrived: now, LastAttempt: now}
+	failed := []queue.Recipient{
+		{Addr: "a@x.test", Last: &queue.Reply{Code: 554, Enhanced: "5.2.252", Text: "SendAsDenied; mbx not allowed to send as app"}},
+		{Addr: "b@x.test", Last: &queue.Reply{Code: 451, Enhanced: "4.4.7", Text: "message expired"}},
+	}
+	dsn := string(buildDSN("relay.test", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
+	for _, want := range []string{
+		"From: Mail Delivery System <mbx@contoso.com>\r\n", "To: <app@contoso.com>\r\n",
+		"Content-Type: multipart/report; report-type=delivery-status;",
+		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.test\r\n",
+		"Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: 5.2.252\r\n",
+		"Diagnostic-Code: smtp; 554 5.2.252 SendAsDenied",
+		"Final-Recipient: rfc822; b@x.test\r\nAction: failed\r\nStatus: 4.4.7\r\n",
+		"Content-Type: text/rfc822-headers\r\n\r\nSubject: original\r\n",
+		"may not send as app@contoso.com",
+	} {
+		if !strings.Contains(dsn, want) {
+			t.Errorf("DSN lacks %q", want)
+		}
+	}
+	if !strings.HasSuffix(dsn, "--\r\n") {
+		t.Error("multipart not closed")
+	}
+}
