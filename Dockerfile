@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: a static binary on distroless (CA certificates, a
-# non-root user, nothing else).
+# oauthrelay: a static binary on distroless (CA certificates, a non-root
+# user, nothing else). Configure it with OAUTHRELAY_* variables alone, or
+# mount a YAML file and pass --config.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -13,14 +14,20 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/oauthrelay /usr/local/bin/oauthrelay
 COPY --from=build --chown=65532:65532 /out/data /data
-# Spool and keysafe live on /data; listen on all interfaces inside the
-# container (publish the admin port on the host's 127.0.0.1 only).
+# Spool, keysafe, keysafe key and generated admin token live on /data.
+# Inside the container the listener takes the private ranges Docker networks
+# use; never publish 2525 to the outside world, and publish 8025 on the
+# host's 127.0.0.1 only.
 ENV OAUTHRELAY_SPOOL_DIR=/data/spool \
     OAUTHRELAY_KEYSAFE_PATH=/data/keysafe.bin \
     OAUTHRELAY_LISTEN_ADDR=0.0.0.0:2525 \
-    OAUTHRELAY_ADMIN_ADDR=0.0.0.0:8025
+    OAUTHRELAY_LISTEN_HOSTNAME=oauthrelay \
+    OAUTHRELAY_LISTEN_ALLOWED_NETWORKS=127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16 \
+    OAUTHRELAY_ADMIN_ADDR=0.0.0.0:8025 \
+    OAUTHRELAY_LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 2525 8025
 USER 65532:65532
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["oauthrelay", "health"]
 ENTRYPOINT ["oauthrelay"]
 CMD ["serve"]

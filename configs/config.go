@@ -21,6 +21,14 @@ type Config struct {
 	Upstream Upstream  `mapstructure:"upstream"`
 	Accounts []Account `mapstructure:"accounts"`
 	Log      Log       `mapstructure:"log"`
+	Alert    Alert     `mapstructure:"alert"`
+}
+
+// Alert configures notifications about accounts.
+type Alert struct {
+	// WebhookURL receives a JSON POST when an account needs attention and
+	// when it recovers.
+	WebhookURL string `mapstructure:"webhook_url" secret:"true"`
 }
 
 // Listen configures the SMTP listener the applications talk to.

@@ -150,6 +150,11 @@ func Validate(c *Config) Problems {
 		validateAccount(fmt.Sprintf("accounts[%d]", i), &c.Accounts[i], names, i, add)
 	}
 
+	if c.Alert.WebhookURL != "" {
+		if u, err := url.Parse(c.Alert.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("alert.webhook_url", "is not an http(s) URL")
+		}
+	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:

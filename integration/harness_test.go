@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -161,7 +163,7 @@ func (h *harness) checkLogsHoldNoSecret() {
 // the redirects to the fake Entra ID and back.
 func (h *harness) connect() {
 	h.t.Helper()
-	resp, err := http.Get("http://" + h.relay.AdminAddr() + "/connect/helpdesk")
+	resp, err := h.browser().Get("http://" + h.relay.AdminAddr() + "/connect/helpdesk")
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -170,6 +172,22 @@ func (h *harness) connect() {
 	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("flows now")) {
 		h.t.Fatalf("connect: %d %s", resp.StatusCode, body)
 	}
+}
+
+// browser returns an HTTP client logged in to the admin server.
+func (h *harness) browser() *http.Client {
+	h.t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.PostForm("http://"+h.relay.AdminAddr()+"/login", url.Values{"token": {h.relay.AdminToken}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/" {
+		h.t.Fatalf("login: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+	return c
 }
 
 // message is a test message with a unique X-Test-Id.

@@ -76,7 +76,7 @@ func startServe(t testing.TB, configFile, smtpAddr string) *process {
 	p := &process{stderr: &syncBuffer{}}
 	p.cmd = exec.Command(binary, "serve", "--config", configFile)
 	p.cmd.Stderr = p.stderr
-	p.cmd.Env = append(os.Environ(), "OAUTHRELAY_LOG_LEVEL=warn")
+	p.cmd.Env = append(os.Environ(), "OAUTHRELAY_LOG_LEVEL=debug")
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +89,19 @@ func startServe(t testing.TB, configFile, smtpAddr string) *process {
 		return err == nil
 	})
 	return p
+}
+
+// noSecrets fails if a token or code the fake issued is in the processes' logs.
+func noSecrets(t testing.TB, fake *fakem365.M365, procs ...*process) {
+	t.Helper()
+	for _, p := range procs {
+		logs := p.stderr.String()
+		for _, s := range fake.Entra.Secrets() {
+			if strings.Contains(logs, s) {
+				t.Errorf("a secret reached serve's log: %.12s…", s)
+			}
+		}
+	}
 }
 
 // processConfig is a configuration for a serve process whose account was
@@ -169,7 +182,8 @@ func TestE2E_CrashLosesNothing(t *testing.T) {
 	t.Logf("after kill -9: %d messages in meta/", len(metas))
 
 	fake.SMTP.SetRefuse(nil)
-	startServe(t, file, c.Listen.Addr)
+	second := startServe(t, file, c.Listen.Addr)
+	defer noSecrets(t, fake, first, second)
 	got := byTestID(fake.SMTP.WaitMessages(n, 60*time.Second))
 	if len(got) != n {
 		t.Fatalf("after the crash %d of %d messages were delivered", len(got), n)

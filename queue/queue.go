@@ -914,6 +914,9 @@ func (q *Queue) Requeue(id string) (string, error) {
 	return m.ID, nil
 }
 
+// CheckWritable reports whether the spool accepts a durable write now.
+func (q *Queue) CheckWritable() error { return q.store.checkWritable() }
+
 // Stats summarises the queue.
 type Stats struct {
 	Messages  int                             `json:"messages"`

@@ -432,6 +432,25 @@ func (s *store) recoverSpool() (live, failed []*Meta, err error) {
 	return live, failed, nil
 }
 
+// checkWritable writes, syncs and removes a probe file in tmp/.
+func (s *store) checkWritable() error {
+	p := s.path(dirTmp, "readyz-probe", ".tmp")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	}
+	_, err = f.Write([]byte("ok"))
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	os.Remove(p)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	}
+	return nil
+}
+
 // usage returns the bytes of message bodies in the spool.
 func (s *store) usage() int64 {
 	var total int64

@@ -66,6 +66,8 @@ type DeliveryEvents struct {
 	// Delivered is called once per message accepted upstream, with the
 	// reply and the time since the relay accepted it.
 	Delivered func(id, account string, reply queue.Reply, sinceAccepted time.Duration)
+	// Deferred is called once per attempt that left a recipient deferred.
+	Deferred func(account string)
 }
 
 // Concurrency lets delivery lower an account's parallelism when throttled
@@ -201,6 +203,14 @@ func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result
 		return all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"})
 	}
 	res := d.deliver(ctx, u, dl, true)
+	if d.events.Deferred != nil {
+		for _, r := range res.Recipients {
+			if r.Outcome == queue.Deferred {
+				d.events.Deferred(dl.Account)
+				break
+			}
+		}
+	}
 	d.log.Info("delivery: attempt", "id", dl.ID, "account", dl.Account, "attempt", dl.Attempt,
 		"recipients", len(dl.To), "result", summarize(res), "duration", time.Since(start).Round(time.Millisecond).String())
 	return res

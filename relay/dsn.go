@@ -26,6 +26,8 @@ type Bouncer struct {
 	// Microsoft 365 does not accept <>).
 	Mailbox func(account string) string
 	Log     *slog.Logger
+	// Sent, if set, is called for every bounce queued.
+	Sent func(account string)
 }
 
 // Bounce implements queue.BounceFunc.
@@ -42,6 +44,9 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 	}, bytes.NewReader(msg))
 	if err != nil {
 		return err
+	}
+	if b.Sent != nil {
+		b.Sent(bo.Meta.Account)
 	}
 	b.Log.Info("bounce queued", "id", id, "for", bo.Meta.ID, "to", bo.Meta.From, "failed_recipients", len(bo.Failed))
 	return nil

@@ -52,13 +52,14 @@ type ListenerEvents struct {
 
 // Listener is the SMTP server applications send to.
 type Listener struct {
-	cfg    ListenerConfig
-	q      Enqueuer
-	router *Router
-	log    *slog.Logger
-	events ListenerEvents
-	srv    *smtp.Server
-	active atomic.Int64
+	cfg     ListenerConfig
+	q       Enqueuer
+	router  *Router
+	log     *slog.Logger
+	events  ListenerEvents
+	srv     *smtp.Server
+	active  atomic.Int64
+	serving atomic.Bool
 }
 
 // NewListener builds a listener that queues into q, routing by router.
@@ -88,11 +89,26 @@ func (p slogPrinter) Println(v ...any) { p.log.Debug("smtp: " + strings.TrimSpac
 
 // Serve accepts connections on ln until Shutdown.
 func (l *Listener) Serve(ln net.Listener) error {
+	l.serving.Store(true)
+	defer l.serving.Store(false)
 	err := l.srv.Serve(&guardedListener{Listener: ln, l: l})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// Accepting reports whether new SMTP sessions are taken now: the accept
+// loop runs and the session cap is not reached. It opens no connection, so
+// health checks do not show up as SMTP sessions.
+func (l *Listener) Accepting() error {
+	if !l.serving.Load() {
+		return errors.New("not serving")
+	}
+	if n := l.active.Load(); l.cfg.MaxSessions > 0 && n >= int64(l.cfg.MaxSessions) {
+		return fmt.Errorf("full: %d sessions (listen.max_sessions)", n)
+	}
+	return nil
 }
 
 // Shutdown stops accepting, lets sessions in progress finish until ctx is

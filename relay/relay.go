@@ -1,9 +1,11 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/relay/admin"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
 
@@ -28,8 +31,11 @@ type Relay struct {
 	Queue    *queue.Queue
 	Delivery *Delivery
 	Listener *Listener
-	// Admin is the admin HTTP handler (Connect flow, health).
-	Admin http.Handler
+	// Admin is the admin HTTP handler: status page, API, Connect, metrics, health.
+	Admin   http.Handler
+	Metrics *Metrics
+	// AdminToken is the token the admin server requires.
+	AdminToken string
 
 	smtpLn, adminLn net.Listener
 	adminSrv        *http.Server
@@ -46,6 +52,8 @@ type Hooks struct {
 	TuneQueue    func(*queue.Options)
 	TuneUpstream func(*UpstreamConfig)
 	TuneTokens   func(*tokens.Options)
+	// Version is shown on the status page and in /api/status.
+	Version string
 }
 
 // AdminPublicURL is admin.public_url, or the admin address as a URL.
@@ -93,8 +101,17 @@ func OpenTokens(c *configs.Config, log *slog.Logger, tune func(*tokens.Options))
 
 // New builds a relay from c; Start makes it listen.
 func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
-	r := &Relay{Config: c, Log: log}
+	r := &Relay{Config: c, Log: log, Metrics: NewMetrics()}
 	var err error
+	hooks.Listener = r.Metrics.listenerEvents(hooks.Listener)
+	hooks.Delivery = r.Metrics.deliveryEvents(hooks.Delivery)
+	tuneTokens := hooks.TuneTokens
+	hooks.TuneTokens = func(o *tokens.Options) {
+		o.OnRefresh = func(account, result string) { r.Metrics.refreshes.WithLabelValues(account, result).Inc() }
+		if tuneTokens != nil {
+			tuneTokens(o)
+		}
+	}
 
 	lc := ListenerConfig{
 		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
@@ -160,7 +177,8 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 	r.Delivery = NewDelivery(uc, ups, r.Tokens, nil, log, hooks.Delivery)
 
-	bouncer := &Bouncer{Hostname: c.Listen.Hostname, Mailbox: r.Tokens.Mailbox, Log: log}
+	bouncer := &Bouncer{Hostname: c.Listen.Hostname, Mailbox: r.Tokens.Mailbox, Log: log,
+		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
 		Dir: c.Spool.Dir, Deliverer: r.Delivery, Bounce: bouncer.Bounce,
 		Workers: c.Delivery.Workers, AccountConcurrency: c.Delivery.Connections,
@@ -176,6 +194,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 	bouncer.Queue = r.Queue
 	r.Delivery.conc = r.Queue
+	r.Metrics.reg.MustRegister(newStateCollector(r.Queue, r.Tokens))
 
 	// Token state drives the queue: an account that cannot sign in is
 	// paused; reconnecting it delivers its waiting mail at once.
@@ -188,15 +207,62 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		}
 	})
 
+	if c.Alert.WebhookURL != "" {
+		cancel := r.Tokens.Subscribe(webhook(c.Alert.WebhookURL, AdminPublicURL(c), log))
+		prev := r.unsubscribe
+		r.unsubscribe = func() { prev(); cancel() }
+	}
+
 	r.Listener = NewListener(lc, r.Queue, NewRouter(routes), log, hooks.Listener)
 
-	mux := http.NewServeMux()
-	connect := r.Tokens.ConnectHandler()
-	mux.Handle("GET /connect/{account}", connect)
-	mux.Handle("GET /oauth/callback", connect)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	r.Admin = mux
+	r.AdminToken = c.Admin.Token
+	if r.AdminToken == "" {
+		if r.AdminToken, err = tokens.LoadOrCreateAdminToken(tokens.AdminTokenPath(c.Keysafe.Path), log); err != nil {
+			r.Queue.Close(context.Background())
+			r.Delivery.Close()
+			return nil, err
+		}
+	}
+	adm, err := admin.New(admin.Options{
+		Token: r.AdminToken, PublicURL: AdminPublicURL(c), Version: hooks.Version,
+		Queue: r.Queue, Accounts: r.Tokens, Metrics: r.Metrics.Handler(),
+		ListenerUp: func() error { return r.Listener.Accepting() },
+		Explain: func(rep queue.Reply, account, sender string) string {
+			return ExplainReply(rep, r.Tokens.Mailbox(account), sender)
+		},
+		Log: log,
+	})
+	if err != nil {
+		r.Queue.Close(context.Background())
+		r.Delivery.Close()
+		return nil, fmt.Errorf("admin.token: %w", err)
+	}
+	r.Admin = adm
 	return r, nil
+}
+
+// webhook posts account state changes as JSON to url.
+func webhook(url, publicURL string, log *slog.Logger) func(tokens.AccountState) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	return func(s tokens.AccountState) {
+		body, _ := json.Marshal(map[string]any{
+			"account": s.Account, "mailbox": s.Mailbox, "state": s.State,
+			"needs_attention": s.State != tokens.Connected,
+			"explanation":     s.Explanation, "connect_url": publicURL + "/connect/" + s.Account,
+			"time": time.Now().UTC().Format(time.RFC3339),
+		})
+		go func() {
+			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+			if err != nil {
+				log.Warn("alert webhook failed", "account", s.Account, "error", err.Error())
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode >= 300 {
+				log.Warn("alert webhook refused", "account", s.Account, "status", resp.StatusCode)
+			}
+		}()
+	}
 }
 
 // Start listens on listen.addr and admin.addr and starts background work.

@@ -307,23 +307,58 @@ func LoadKey(keyB64, keyFile, keysafePath string, log *slog.Logger) ([]byte, err
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
+	if err := writeSecretFile(keyFile, base64.StdEncoding.EncodeToString(key)); err != nil {
 		return nil, fmt.Errorf("keysafe.key_file %s: %w", keyFile, err)
 	}
-	f, err := os.OpenFile(keyFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	log.Warn("keysafe: created a new random key; back it up with the keysafe", "key_file", keyFile)
+	return key, nil
+}
+
+// writeSecretFile creates path (0600, never overwriting) holding secret.
+func writeSecretFile(path, secret string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("keysafe.key_file %s: %w", keyFile, err)
+		return err
 	}
-	_, err = f.WriteString(base64.StdEncoding.EncodeToString(key) + "\n")
+	_, err = f.WriteString(secret + "\n")
 	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return nil, fmt.Errorf("keysafe.key_file %s: %w", keyFile, err)
+	return err
+}
+
+// AdminTokenPath is where a generated admin token is kept: beside the keysafe.
+func AdminTokenPath(keysafePath string) string {
+	return filepath.Join(filepath.Dir(keysafePath), "admin.token")
+}
+
+// LoadOrCreateAdminToken returns the admin token stored at path, creating a
+// random one (0600) on first start and logging where it is — never the token.
+func LoadOrCreateAdminToken(path string, log *slog.Logger) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		if tok := strings.TrimSpace(string(raw)); tok != "" {
+			return tok, nil
+		}
+		return "", fmt.Errorf("admin token file %s is empty — delete it to have a new token made, or set admin.token", path)
 	}
-	log.Warn("keysafe: created a new random key; back it up with the keysafe", "key_file", keyFile)
-	return key, nil
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("admin token file %s: %w", path, err)
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	tok := base64.RawURLEncoding.EncodeToString(b)
+	if err := writeSecretFile(path, tok); err != nil {
+		return "", fmt.Errorf("admin token file %s: %w", path, err)
+	}
+	log.Warn("admin: no admin.token configured; generated one", "token_file", path)
+	return tok, nil
 }

@@ -106,8 +106,11 @@ type Options struct {
 	// TransientRetries are the waits between retries of a transient
 	// failure within one token request. Default 1 s, 4 s.
 	TransientRetries []time.Duration
-	Logger           *slog.Logger
-	Now              func() time.Time
+	// OnRefresh, if set, is called after every token request with the
+	// result: "ok", "transient" or "refused".
+	OnRefresh func(account, result string)
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // Manager obtains, caches and refreshes tokens for every account.
@@ -280,6 +283,17 @@ func (m *Manager) refresh(ctx context.Context, a *account) (Token, error) {
 	var last error
 	for i := 0; ; i++ {
 		tok, err := m.refreshOnce(ctx, a)
+		if m.opts.OnRefresh != nil {
+			var ae *AccountError
+			switch {
+			case err == nil:
+				m.opts.OnRefresh(a.Name, "ok")
+			case errors.As(err, &ae):
+				m.opts.OnRefresh(a.Name, "refused")
+			default:
+				m.opts.OnRefresh(a.Name, "transient")
+			}
+		}
 		if err == nil || !errors.Is(err, ErrTransient) || i >= len(m.opts.TransientRetries) {
 			if err != nil && errors.Is(err, ErrTransient) {
 				m.log.Warn("tokens: refresh failed, will retry later", "account", a.Name, "error", err.Error())

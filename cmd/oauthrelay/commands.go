@@ -8,23 +8,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newAccountsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "accounts",
-		Short: "List accounts and their connection state",
-		Args:  cobra.NoArgs,
-		RunE:  notYet("accounts"),
-	}
-}
-
-func newQueueCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "queue",
-		Short: "Inspect and manage the queue (list, show, retry, delete, flush, requeue)",
-		RunE:  notYet("queue"),
-	}
-}
-
 func newFakeM365Cmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:    "fake-m365",

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -109,7 +111,14 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 
 	// Connect the account the way an admin does: open the Connect page,
 	// sign in at (fake) Microsoft, come back to the callback.
-	resp, err := http.Get("http://" + r.AdminAddr() + "/connect/demo")
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar}
+	resp, err := browser.PostForm("http://"+r.AdminAddr()+"/login", url.Values{"token": {r.AdminToken}})
+	if err != nil {
+		return fmt.Errorf("admin login: %w", err)
+	}
+	resp.Body.Close()
+	resp, err = browser.Get("http://" + r.AdminAddr() + "/connect/demo")
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -148,7 +157,7 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 	}
 	fmt.Fprintf(out, "\nBoth keep running. Try:\n  swaks --server %s --from you@contoso.test --to someone@example.com\n", r.SMTPAddr())
 	fmt.Fprintf(out, "  go run ./cmd/oauthrelay send --server %s --from you@contoso.test --to someone@example.com\n", r.SMTPAddr())
-	fmt.Fprintf(out, "Connect page: http://%s/connect/demo   spool: %s\nCtrl-C stops.\n", r.AdminAddr(), c.Spool.Dir)
+	fmt.Fprintf(out, "Status page: http://%s/ (admin token: %s)   spool: %s\nCtrl-C stops.\n", r.AdminAddr(), r.AdminToken, c.Spool.Dir)
 	<-ctx.Done()
 	return nil
 }

@@ -64,6 +64,7 @@ refreshes and keeps encrypted itself.`,
 		newAccountsCmd(),
 		newQueueCmd(),
 		newSendCmd(),
+		newHealthCmd(),
 		newFakeM365Cmd(),
 	)
 	return root
@@ -128,12 +129,5 @@ means serve would start with it.`,
 			_, err = w.Write(out)
 			return err
 		},
-	}
-}
-
-// notYet is the answer of commands whose parts have not landed yet.
-func notYet(what string) func(*cobra.Command, []string) error {
-	return func(*cobra.Command, []string) error {
-		return exitError{code: 3, err: fmt.Errorf("%s is not available yet in this build", what)}
 	}
 }

@@ -34,7 +34,7 @@ systemctl restart oauthrelay — nothing queued is lost by a restart.`,
 			}
 			c := &loaded.Config
 			log := newLogger(c.Log, os.Stderr)
-			r, err := relay.New(c, log, relay.Hooks{})
+			r, err := relay.New(c, log, relay.Hooks{Version: version})
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/relay/admin"
+	"github.com/oauthrelay/oauthrelay/tokens"
+	"github.com/spf13/cobra"
+)
+
+// apiClient talks to a running relay's admin API, found from the same
+// configuration as serve.
+type apiClient struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+func newAPIClient(cmd *cobra.Command) (*apiClient, error) {
+	loaded, err := mustLoad(func() (*configs.Loaded, error) { return loadConfig(cmd) })
+	if err != nil {
+		return nil, err
+	}
+	c := &loaded.Config
+	base, _ := cmd.Flags().GetString("server")
+	if base == "" {
+		host, port, _ := net.SplitHostPort(c.Admin.Addr)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "127.0.0.1"
+		}
+		base = "http://" + net.JoinHostPort(host, port)
+	}
+	token := c.Admin.Token
+	if token == "" {
+		raw, err := os.ReadFile(tokens.AdminTokenPath(c.Keysafe.Path))
+		if err != nil {
+			return nil, fmt.Errorf("no admin token: set admin.token (or OAUTHRELAY_ADMIN_TOKEN), or run as a user who may read %s", tokens.AdminTokenPath(c.Keysafe.Path))
+		}
+		token = strings.TrimSpace(string(raw))
+	}
+	return &apiClient{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// call does one API request and decodes the JSON answer into out.
+func (a *apiClient) call(method, path string, out any) error {
+	req, err := http.NewRequest(method, a.base+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the relay's admin API at %s: %w (is `oauthrelay serve` running? --server overrides)", a.base, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return exitError{code: 1, err: fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)}
+		}
+		return exitError{code: 1, err: fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))}
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = body
+		return nil
+	}
+	return json.Unmarshal(body, out)
+}
+
+func printJSON(w io.Writer, raw json.RawMessage) error {
+	_, err := w.Write(raw)
+	return err
+}
+
+func apiFlags(cmd *cobra.Command) {
+	cmd.PersistentFlags().String("server", "", "admin API base URL (default: from admin.addr)")
+	cmd.PersistentFlags().Bool("json", false, "print the API's JSON instead of a table")
+}
+
+func jsonFlag(cmd *cobra.Command) bool {
+	v, _ := cmd.Flags().GetBool("json")
+	return v
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < 0:
+		return "in " + (-d).Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Minute).String()
+}
+
+func lastReply(m queue.Message) string {
+	for _, r := range m.Recipients {
+		if r.Last != nil {
+			s := r.Last.String()
+			if len(s) > 70 {
+				s = s[:70] + "…"
+			}
+			return s
+		}
+	}
+	if m.PausedReason != "" {
+		return "paused: " + m.PausedReason
+	}
+	return ""
+}
+
+func newQueueCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Inspect and manage the queue of a running relay (like postqueue)",
+	}
+	apiFlags(cmd)
+	list := &cobra.Command{
+		Use: "list", Short: "List messages (--state queued|deferred|inflight|paused|failed, --account NAME)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if s, _ := cmd.Flags().GetString("state"); s != "" {
+				q.Set("state", s)
+			}
+			if s, _ := cmd.Flags().GetString("account"); s != "" {
+				q.Set("account", s)
+			}
+			var raw json.RawMessage
+			if err := a.call("GET", "/api/queue?"+q.Encode(), &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var msgs []queue.Message
+			if err := json.Unmarshal(raw, &msgs); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tACCOUNT\tAGE\tATTEMPTS\tFROM\tRCPTS\tLAST REPLY")
+			for _, m := range msgs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", m.ID, m.State, m.Account, age(m.Arrived), m.Attempts, m.From, len(m.Recipients), lastReply(m))
+			}
+			tw.Flush()
+			fmt.Fprintf(cmd.OutOrStdout(), "%d message(s)\n", len(msgs))
+			return nil
+		},
+	}
+	list.Flags().String("state", "", "only messages in this state")
+	list.Flags().String("account", "", "only messages of this account")
+
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show one message with each recipient's state and last reply", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := a.call("GET", "/api/queue/"+url.PathEscape(args[0]), &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var m queue.Message
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "id:        %s\nstate:     %s\naccount:   %s\nfrom:      <%s>\nsize:      %d bytes\narrived:   %s (%s ago)\nattempts:  %d\n",
+				m.ID, m.State, m.Account, m.From, m.Size, m.Arrived.Format(time.RFC3339), age(m.Arrived), m.Attempts)
+			if m.State != queue.MsgFailed {
+				fmt.Fprintf(w, "next:      %s\n", m.NextAttempt.Format(time.RFC3339))
+			}
+			if m.PausedReason != "" {
+				fmt.Fprintf(w, "paused:    %s\n", m.PausedReason)
+			}
+			fmt.Fprintln(w, "recipients:")
+			for _, r := range m.Recipients {
+				reply := ""
+				if r.Last != nil {
+					reply = " — " + r.Last.String()
+				}
+				fmt.Fprintf(w, "  %-40s %-10s%s\n", r.Addr, r.State, reply)
+			}
+			return nil
+		},
+	}
+	action := func(use, short, method, path string, args cobra.PositionalArgs) *cobra.Command {
+		return &cobra.Command{
+			Use: use, Short: short, Args: args,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				a, err := newAPIClient(cmd)
+				if err != nil {
+					return err
+				}
+				p := path
+				if len(args) == 1 {
+					p = strings.Replace(path, "{id}", url.PathEscape(args[0]), 1)
+				}
+				var raw json.RawMessage
+				if err := a.call(method, p, &raw); err != nil {
+					return err
+				}
+				if jsonFlag(cmd) {
+					return printJSON(cmd.OutOrStdout(), raw)
+				}
+				var res map[string]any
+				json.Unmarshal(raw, &res)
+				switch {
+				case res["scheduled_now"] != nil:
+					fmt.Fprintf(cmd.OutOrStdout(), "%v message(s) will be tried now\n", res["scheduled_now"])
+				case res["from"] != nil:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v as %v\n", args[0], res["result"], res["id"])
+				default:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", args[0], res["result"])
+				}
+				return nil
+			},
+		}
+	}
+	cmd.AddCommand(list, show,
+		action("retry ID", "Try a message again now", "POST", "/api/queue/{id}/retry", cobra.ExactArgs(1)),
+		action("delete ID", "Delete a message (live or failed) for good", "DELETE", "/api/queue/{id}", cobra.ExactArgs(1)),
+		action("flush", "Try every waiting message now", "POST", "/api/queue/flush", cobra.NoArgs),
+		action("requeue ID", "Send a failed message again (new ID, fresh retries)", "POST", "/api/failed/{id}/requeue", cobra.ExactArgs(1)),
+	)
+	return cmd
+}
+
+func newAccountsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "accounts",
+		Short: "List accounts and their connection state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := a.call("GET", "/api/accounts", &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var states []tokens.AccountState
+			if err := json.Unmarshal(raw, &states); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMAILBOX\tFLOW\tTOKEN EXPIRES\tLAST REFRESH\tWHAT TO DO")
+			for _, s := range states {
+				exp := "-"
+				if !s.AccessExpiry.IsZero() {
+					exp = s.AccessExpiry.Local().Format("2006-01-02 15:04")
+				}
+				todo := ""
+				if s.State != tokens.Connected {
+					todo = s.Explanation.String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, exp, age(s.LastRefresh), todo)
+			}
+			return tw.Flush()
+		},
+	}
+	apiFlags(cmd)
+	return cmd
+}
+
+func newHealthCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "health",
+		Short: "Exit 0 if the relay is ready (spool writable, listener accepting), else 1 — for Docker's HEALTHCHECK",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := a.http.Get(a.base + "/readyz")
+			if err != nil {
+				return exitError{code: 1, err: fmt.Errorf("not reachable: %w", err)}
+			}
+			defer resp.Body.Close()
+			var rd admin.Ready
+			json.NewDecoder(resp.Body).Decode(&rd)
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "spool: %s\nlistener: %s\n", rd.Spool, rd.Listener)
+			for _, a := range rd.AccountsAttention {
+				fmt.Fprintf(w, "needs attention: %s\n", a)
+			}
+			if resp.StatusCode != http.StatusOK {
+				return exitError{code: 1, err: errors.New("not ready")}
+			}
+			fmt.Fprintln(w, "ready")
+			return nil
+		},
+	}
+	cmd.Flags().String("server", "", "admin base URL (default: from admin.addr)")
+	return cmd
+}

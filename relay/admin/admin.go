@@ -1,0 +1,302 @@
+// Package admin is oauthrelay's admin HTTP server: the status page with
+// Connect buttons, the JSON API the CLI uses, /metrics, /healthz and /readyz.
+//
+// Every page and API call needs the admin token: the API as
+// "Authorization: Bearer <token>", pages through a login form that sets an
+// HttpOnly, SameSite=Strict session cookie. State-changing calls are POST or
+// DELETE only; forms carry a per-session CSRF token. Wrong tokens get 401,
+// and repeated ones 429. /healthz and /readyz need no token and reveal
+// nothing secret. The OAuth callback needs no session (Microsoft's redirect
+// is cross-site, so a SameSite=Strict cookie is not sent): its single-use
+// state protects it.
+package admin
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/tokens"
+	"golang.org/x/time/rate"
+)
+
+// Queue is what the admin server does with the queue (*queue.Queue).
+type Queue interface {
+	List(queue.Filter) []queue.Message
+	Get(id string) (queue.Message, error)
+	RetryNow(id string) error
+	Delete(id string) error
+	Flush() int
+	Requeue(id string) (string, error)
+	Stats() queue.Stats
+	CheckWritable() error
+}
+
+// Accounts is what the admin server needs of the token manager.
+type Accounts interface {
+	States() []tokens.AccountState
+	ConnectHandler() http.Handler
+}
+
+// Options configure the admin server.
+type Options struct {
+	Token     string // the admin token; must not be empty
+	PublicURL string // for links and the Secure cookie flag
+	Version   string
+	Queue     Queue
+	Accounts  Accounts
+	Metrics   http.Handler
+	// ListenerUp reports whether the SMTP listener accepts connections.
+	ListenerUp func() error
+	// Explain says what an upstream reply means (relay.ExplainReply).
+	Explain func(r queue.Reply, account, sender string) string
+	Log     *slog.Logger
+	// SessionLifetime defaults to 12 h.
+	SessionLifetime time.Duration
+}
+
+// Server is the admin HTTP handler.
+type Server struct {
+	opts     Options
+	mux      *http.ServeMux
+	mu       sync.Mutex
+	sessions map[string]session
+	failures *expirable.LRU[string, *rate.Limiter]
+}
+
+type session struct {
+	csrf    string
+	expires time.Time
+}
+
+const cookieName = "oauthrelay_session"
+
+// New builds the admin server. It refuses to run without a token.
+func New(opts Options) (*Server, error) {
+	if len(opts.Token) < 16 {
+		return nil, errors.New("admin: the admin token must be at least 16 characters (admin.token)")
+	}
+	if opts.SessionLifetime <= 0 {
+		opts.SessionLifetime = 12 * time.Hour
+	}
+	s := &Server{opts: opts, mux: http.NewServeMux(), sessions: map[string]session{},
+		failures: expirable.NewLRU[string, *rate.Limiter](4096, nil, time.Hour)}
+	m := s.mux
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	m.HandleFunc("GET /readyz", s.readyz)
+
+	m.HandleFunc("GET /login", s.loginPage)
+	m.HandleFunc("POST /login", s.login)
+	m.Handle("POST /logout", s.page(s.logout))
+	m.Handle("GET /{$}", s.page(s.statusPage))
+	m.Handle("POST /ui/queue/{id}/retry", s.page(s.uiAction))
+	m.Handle("POST /ui/queue/{id}/delete", s.page(s.uiAction))
+	m.Handle("POST /ui/failed/{id}/requeue", s.page(s.uiAction))
+	m.Handle("POST /ui/queue/flush", s.page(s.uiAction))
+	connect := opts.Accounts.ConnectHandler()
+	m.Handle("GET /connect/{account}", s.page(connect.ServeHTTP))
+	m.Handle("GET /oauth/callback", connect) // guarded by its single-use state
+
+	m.Handle("GET /api/status", s.api(s.apiStatus))
+	m.Handle("GET /api/accounts", s.api(s.apiAccounts))
+	m.Handle("GET /api/queue", s.api(s.apiList))
+	m.Handle("GET /api/queue/{id}", s.api(s.apiGet))
+	m.Handle("POST /api/queue/{id}/retry", s.api(s.apiRetry))
+	m.Handle("DELETE /api/queue/{id}", s.api(s.apiDelete))
+	m.Handle("POST /api/queue/flush", s.api(s.apiFlush))
+	m.Handle("POST /api/failed/{id}/requeue", s.api(s.apiRequeue))
+	if opts.Metrics != nil {
+		m.Handle("GET /metrics", s.api(opts.Metrics.ServeHTTP))
+	}
+	return s, nil
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	s.mux.ServeHTTP(w, r)
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// tooMany records a failed login from the client and reports whether it is
+// over its allowance (5 at once, then one every 2 seconds).
+func (s *Server) tooMany(r *http.Request) bool {
+	ip := clientIP(r)
+	lim, ok := s.failures.Get(ip)
+	if !ok {
+		lim = rate.NewLimiter(rate.Every(2*time.Second), 5)
+		s.failures.Add(ip, lim)
+	}
+	return !lim.Allow()
+}
+
+func (s *Server) tokenOK(given string) bool {
+	return subtle.ConstantTimeCompare([]byte(given), []byte(s.opts.Token)) == 1
+}
+
+// api requires "Authorization: Bearer <admin token>".
+func (s *Server) api(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !s.tokenOK(given) {
+			if s.tooMany(r) {
+				writeError(w, http.StatusTooManyRequests, "too many wrong admin tokens from this address; wait and try again")
+				return
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="oauthrelay"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong admin token: send Authorization: Bearer <admin.token>")
+			return
+		}
+		h(w, r)
+	})
+}
+
+func randomToken() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (s *Server) sessionOf(r *http.Request) (string, session, bool) {
+	c, err := r.Cookie(cookieName)
+	if err != nil {
+		return "", session{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.sessions[c.Value]
+	if !ok || time.Now().After(sess.expires) {
+		delete(s.sessions, c.Value)
+		return "", session{}, false
+	}
+	return c.Value, sess, true
+}
+
+type ctxKey struct{}
+
+// page requires a session; POSTs also need the session's CSRF token.
+func (s *Server) page(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, sess, ok := s.sessionOf(r)
+		if !ok {
+			if r.Method == http.MethodGet {
+				http.Redirect(w, r, "/login", http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "not logged in", http.StatusUnauthorized)
+			return
+		}
+		if r.Method != http.MethodGet {
+			if subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(sess.csrf)) != 1 {
+				http.Error(w, "CSRF check failed: reload the page and try again", http.StatusForbidden)
+				return
+			}
+		}
+		h(w, r.WithContext(contextWithCSRF(r.Context(), sess.csrf)))
+	})
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	if !s.tokenOK(r.PostFormValue("token")) {
+		if s.tooMany(r) {
+			renderLogin(w, http.StatusTooManyRequests, "Too many wrong tokens from this address. Wait a minute and try again.")
+			return
+		}
+		s.opts.Log.Warn("admin: wrong admin token at login", "client", clientIP(r))
+		renderLogin(w, http.StatusUnauthorized, "That is not the admin token.")
+		return
+	}
+	id := randomToken()
+	s.mu.Lock()
+	for k, v := range s.sessions {
+		if time.Now().After(v.expires) {
+			delete(s.sessions, k)
+		}
+	}
+	s.sessions[id] = session{csrf: randomToken(), expires: time.Now().Add(s.opts.SessionLifetime)}
+	s.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", HttpOnly: true,
+		SameSite: http.SameSiteStrictMode, Secure: strings.HasPrefix(s.opts.PublicURL, "https://"),
+		MaxAge: int(s.opts.SessionLifetime / time.Second)})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	if id, _, ok := s.sessionOf(r); ok {
+		s.mu.Lock()
+		delete(s.sessions, id)
+		s.mu.Unlock()
+	}
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// Ready reports what /readyz checks.
+type Ready struct {
+	Ready             bool     `json:"ready"`
+	Spool             string   `json:"spool"`
+	Listener          string   `json:"listener"`
+	AccountsAttention []string `json:"accounts_needing_attention,omitempty"`
+}
+
+func (s *Server) ready() Ready {
+	rd := Ready{Ready: true, Spool: "writable", Listener: "accepting"}
+	if err := s.opts.Queue.CheckWritable(); err != nil {
+		rd.Ready, rd.Spool = false, err.Error()
+	}
+	if s.opts.ListenerUp != nil {
+		if err := s.opts.ListenerUp(); err != nil {
+			rd.Ready, rd.Listener = false, err.Error()
+		}
+	}
+	for _, a := range s.opts.Accounts.States() {
+		if a.State != tokens.Connected {
+			rd.AccountsAttention = append(rd.AccountsAttention, a.Account+": "+string(a.State))
+		}
+	}
+	return rd
+}
+
+// readyz: ready when the spool is writable and the listener accepts;
+// accounts that need attention are reported but do not make it unready
+// (mail is still accepted and kept).
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	rd := s.ready()
+	status := http.StatusOK
+	if !rd.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, rd)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

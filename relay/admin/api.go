@@ -1,0 +1,110 @@
+package admin
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// Status is GET /api/status.
+type Status struct {
+	Version  string                `json:"version"`
+	Ready    Ready                 `json:"ready"`
+	Accounts []tokens.AccountState `json:"accounts"`
+	Queue    queue.Stats           `json:"queue"`
+	// OldestAgeSeconds is the age of the oldest message waiting (0: none).
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+}
+
+func (s *Server) status() Status {
+	st := s.opts.Queue.Stats()
+	out := Status{Version: s.opts.Version, Ready: s.ready(), Accounts: s.opts.Accounts.States(), Queue: st}
+	if !st.Oldest.IsZero() {
+		out.OldestAgeSeconds = time.Since(st.Oldest).Seconds()
+	}
+	return out
+}
+
+func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.status())
+}
+
+func (s *Server) apiAccounts(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.opts.Accounts.States())
+}
+
+var validStates = map[string]bool{"": true, "queued": true, "deferred": true, "inflight": true, "paused": true, "failed": true}
+
+func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {
+	state := r.URL.Query().Get("state")
+	if !validStates[state] {
+		writeError(w, http.StatusBadRequest, "state must be one of queued, deferred, inflight, paused, failed")
+		return
+	}
+	msgs := s.opts.Queue.List(queue.Filter{State: queue.MessageState(state), Account: r.URL.Query().Get("account")})
+	if msgs == nil {
+		msgs = []queue.Message{}
+	}
+	writeJSON(w, http.StatusOK, msgs)
+}
+
+// opError maps a queue error to an HTTP answer.
+func opError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, queue.ErrBusy):
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func (s *Server) apiGet(w http.ResponseWriter, r *http.Request) {
+	m, err := s.opts.Queue.Get(r.PathValue("id"))
+	if err != nil {
+		opError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) apiRetry(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.opts.Queue.RetryNow(id); err != nil {
+		opError(w, err)
+		return
+	}
+	s.opts.Log.Info("admin: retry now", "id", id)
+	writeJSON(w, http.StatusOK, map[string]string{"result": "scheduled now", "id": id})
+}
+
+func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.opts.Queue.Delete(id); err != nil {
+		opError(w, err)
+		return
+	}
+	s.opts.Log.Info("admin: deleted", "id", id)
+	writeJSON(w, http.StatusOK, map[string]string{"result": "deleted", "id": id})
+}
+
+func (s *Server) apiFlush(w http.ResponseWriter, r *http.Request) {
+	n := s.opts.Queue.Flush()
+	s.opts.Log.Info("admin: flush", "messages", n)
+	writeJSON(w, http.StatusOK, map[string]int{"scheduled_now": n})
+}
+
+func (s *Server) apiRequeue(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	nid, err := s.opts.Queue.Requeue(id)
+	if err != nil {
+		opError(w, err)
+		return
+	}
+	s.opts.Log.Info("admin: requeued", "id", nid, "from", id)
+	writeJSON(w, http.StatusOK, map[string]string{"result": "requeued", "id": nid, "from": id})
+}
