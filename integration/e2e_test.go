@@ -6,9 +6,12 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -263,9 +266,17 @@ func TestE2E_SendAsDeniedBouncesToSender(t *testing.T) {
 // nothing bounced; reconnect with the device flow delivers at once.
 func TestE2E_RevokedGrantPausesUntilReconnect(t *testing.T) {
 	t.Parallel()
+	alerts := make(chan map[string]any, 10)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var a map[string]any
+		json.NewDecoder(r.Body).Decode(&a)
+		alerts <- a
+	}))
+	defer hook.Close()
 	h := newHarness(t, func(c *configs.Config) {
 		c.Delivery.Retry = []time.Duration{time.Hour} // only a resume can deliver in time
 		c.Delivery.MessagesPerConnection = 1          // every message signs in anew
+		c.Alert.WebhookURL = hook.URL
 	}, relay.Hooks{})
 	h.connect()
 	if _, err := send(h.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, message(1, mailbox, "bob@example.com", ""), nil); err != nil {
@@ -302,6 +313,24 @@ func TestE2E_RevokedGrantPausesUntilReconnect(t *testing.T) {
 	}
 	if got := byTestID(h.fake.SMTP.WaitMessages(2, 10*time.Second)); got["2"].Data == nil {
 		t.Fatal("queued mail not delivered after reconnecting")
+	}
+	// The webhook heard about the trouble (with the Connect link) and the recovery.
+	// First connect, then the trouble, then the recovery, in that order.
+	var states []string
+	deadline := time.After(5 * time.Second)
+	for len(states) < 3 {
+		select {
+		case a := <-alerts:
+			states = append(states, a["state"].(string))
+			if a["state"] == "needs_reconnect" && !strings.HasSuffix(a["connect_url"].(string), "/connect/helpdesk") {
+				t.Errorf("alert without the Connect link: %v", a)
+			}
+		case <-deadline:
+			t.Fatalf("webhook got %v, want connected, needs_reconnect, connected", states)
+		}
+	}
+	if strings.Join(states, ",") != "connected,needs_reconnect,connected" {
+		t.Errorf("webhook states %v", states)
 	}
 }
 

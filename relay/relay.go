@@ -208,9 +208,10 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	})
 
 	if c.Alert.WebhookURL != "" {
-		cancel := r.Tokens.Subscribe(webhook(c.Alert.WebhookURL, AdminPublicURL(c), log))
+		notify, stop := webhook(c.Alert.WebhookURL, AdminPublicURL(c), log)
+		cancel := r.Tokens.Subscribe(notify)
 		prev := r.unsubscribe
-		r.unsubscribe = func() { prev(); cancel() }
+		r.unsubscribe = func() { prev(); cancel(); stop() }
 	}
 
 	r.Listener = NewListener(lc, r.Queue, NewRouter(routes), log, hooks.Listener)
@@ -241,28 +242,46 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	return r, nil
 }
 
-// webhook posts account state changes as JSON to url.
-func webhook(url, publicURL string, log *slog.Logger) func(tokens.AccountState) {
+// webhook posts account state changes as JSON to url, in order, from one
+// goroutine (a slow endpoint never blocks the relay; past 64 pending alerts
+// new ones are dropped with a log line). stop ends it.
+func webhook(url, publicURL string, log *slog.Logger) (notify func(tokens.AccountState), stop func()) {
 	client := &http.Client{Timeout: 10 * time.Second}
-	return func(s tokens.AccountState) {
+	pending := make(chan []byte, 64)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case body := <-pending:
+				resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+				if err != nil {
+					log.Warn("alert webhook failed", "error", err.Error())
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode >= 300 {
+					log.Warn("alert webhook refused", "status", resp.StatusCode)
+				}
+			}
+		}
+	}()
+	notify = func(s tokens.AccountState) {
 		body, _ := json.Marshal(map[string]any{
 			"account": s.Account, "mailbox": s.Mailbox, "state": s.State,
 			"needs_attention": s.State != tokens.Connected,
 			"explanation":     s.Explanation, "connect_url": publicURL + "/connect/" + s.Account,
 			"time": time.Now().UTC().Format(time.RFC3339),
 		})
-		go func() {
-			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
-			if err != nil {
-				log.Warn("alert webhook failed", "account", s.Account, "error", err.Error())
-				return
-			}
-			resp.Body.Close()
-			if resp.StatusCode >= 300 {
-				log.Warn("alert webhook refused", "account", s.Account, "status", resp.StatusCode)
-			}
-		}()
+		select {
+		case pending <- body:
+		default:
+			log.Warn("alert webhook backlog full; alert dropped", "account", s.Account, "state", string(s.State))
+		}
 	}
+	var once sync.Once
+	return notify, func() { once.Do(func() { close(done) }) }
 }
 
 // Start listens on listen.addr and admin.addr and starts background work.

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestCheckConfig_ExampleFileIsValid(t *testing.T) {
+	out, err := run(t, "check-config", "--config", "../../configs/oauthrelay.yaml")
+	if err != nil {
+		t.Fatalf("the annotated example must pass: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "# configuration OK") || !strings.Contains(out, "upstream:") {
+		t.Errorf("effective configuration not printed:\n%s", out)
+	}
+}
+
+func TestCheckConfig_ThreeMistakesExit2(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(file, []byte(`
+listen:
+  addr: nonsense
+accounts:
+  - name: helpdesk
+    tenant: contoso.com
+    client_id: x
+    flow: password
+    senders: ["*@contoso.com"]
+`), 0o600)
+	_, err := run(t, "check-config", "--config", file)
+	var exit exitError
+	if !errors.As(err, &exit) || exit.code != 2 {
+		t.Fatalf("want exit code 2, got %v", err)
+	}
+	for _, want := range []string{"3 problem(s)", "listen.addr:", "accounts[0].flow:", "accounts[0].mailbox: missing — the mailbox address the relay signs in as"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestCheckConfig_MasksSecrets(t *testing.T) {
+	t.Setenv("OAUTHRELAY_ADMIN_TOKEN", "super-secret-admin-token")
+	t.Setenv("HELPDESK_CLIENT_SECRET", "super-secret-client")
+	out, err := run(t, "check-config", "--config", "../../configs/oauthrelay.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "super-secret") || !strings.Contains(out, "******") {
+		t.Errorf("secrets not masked:\n%s", out)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := run(t, "version")
+	if err != nil || !strings.HasPrefix(out, "oauthrelay ") {
+		t.Fatalf("%q %v", out, err)
+	}
+}
+
+func TestDemo_RunsEndToEnd(t *testing.T) {
+	out, err := run(t, "demo")
+	if err != nil {
+		t.Fatalf("demo failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"connected", "queued as", "delivered upstream", "demo OK"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
