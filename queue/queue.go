@@ -163,6 +163,7 @@ type Queue struct {
 	waiting  itemHeap           // not yet due, by next attempt
 	ready    map[string][]*item // due, per account, FIFO
 	order    []string           // accounts in round-robin order
+	inOrder  map[string]bool    // accounts already in order
 	rr       int                // next account to serve
 	paused   map[string]string  // account -> reason
 	limits   map[string]int     // account -> concurrency override
@@ -243,7 +244,8 @@ func Open(opts Options) (*Queue, error) {
 		kick: make(chan struct{}, 1), done: make(chan struct{}),
 		items: map[string]*item{}, ready: map[string][]*item{},
 		paused: map[string]string{}, limits: map[string]int{}, inflight: map[string]int{},
-		failed: map[string]*Meta{},
+		inOrder: map[string]bool{},
+		failed:  map[string]*Meta{},
 	}
 	for _, m := range live {
 		it := &item{meta: m, next: m.NextAttempt}
@@ -316,7 +318,8 @@ func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (stri
 // makeReady appends it to its account's ready list; caller holds q.mu.
 func (q *Queue) makeReady(it *item) {
 	a := it.meta.Account
-	if _, known := q.ready[a]; !known {
+	if !q.inOrder[a] {
+		q.inOrder[a] = true
 		q.order = append(q.order, a)
 	}
 	it.where = inReady
@@ -377,6 +380,9 @@ func (q *Queue) schedule() time.Duration {
 	}
 	var wake time.Time
 	for a, reason := range q.paused {
+		if len(q.ready[a]) == 0 {
+			continue
+		}
 		keep := q.ready[a][:0]
 		for _, it := range q.ready[a] {
 			exp := it.meta.AgeFrom.Add(q.opts.Retry.MaxAge)

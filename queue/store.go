@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // This file is the only one that touches the disk. Every durable write is
@@ -28,6 +30,7 @@ const (
 	dirMeta    = "meta"
 	dirFailed  = "failed"
 	dirCorrupt = "corrupt"
+	dirSpare   = "spare"
 )
 
 // Crash points reported to a store's step hook, in the order Enqueue passes them.
@@ -46,10 +49,11 @@ type store struct {
 	log  *slog.Logger
 
 	msgDir, metaDir, failedDir *dirSyncer
+	spares                     *spares
 }
 
 func openStore(dir string, step func(string), log *slog.Logger) (*store, error) {
-	for _, d := range []string{"", dirTmp, dirMsg, dirMeta, dirFailed, dirCorrupt} {
+	for _, d := range []string{"", dirTmp, dirMsg, dirMeta, dirFailed, dirCorrupt, dirSpare} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("queue: spool.dir %s: %w", dir, err)
 		}
@@ -59,6 +63,7 @@ func openStore(dir string, step func(string), log *slog.Logger) (*store, error) 
 		msgDir:    newDirSyncer(filepath.Join(dir, dirMsg)),
 		metaDir:   newDirSyncer(filepath.Join(dir, dirMeta)),
 		failedDir: newDirSyncer(filepath.Join(dir, dirFailed)),
+		spares:    newSpares(filepath.Join(dir, dirSpare)),
 	}, nil
 }
 
@@ -84,8 +89,7 @@ var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10
 // crash keeps the meta rename but loses the body's, that message was never
 // acknowledged (acknowledging needs the msg/ fsync), so recovery drops it.
 func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*Meta, error) {
-	tmpBody := s.path(dirTmp, id, ".eml")
-	f, err := os.OpenFile(tmpBody, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmpBody, f, err := s.openForWrite(s.path(dirTmp, id, ".eml"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
@@ -94,6 +98,9 @@ func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*M
 	n, err := io.Copy(w, errReader{r})
 	if err == nil {
 		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Truncate(n) // a recycled file may hold older, longer content
 	}
 	w.Reset(nil)
 	bufPool.Put(w)
@@ -142,6 +149,140 @@ func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*M
 	return m, nil
 }
 
+// openForWrite returns a file to write new content into: a recycled one
+// from spare/ (truncated), or else a new file at tmpPath. Creating and
+// later freeing an inode per file is what costs most on ext4 (see README,
+// Performance); recycling avoids both in steady state.
+func (s *store) openForWrite(tmpPath string) (string, *os.File, error) {
+	for {
+		p := s.spares.take()
+		if p == "" {
+			break
+		}
+		// No O_TRUNC: freeing the old blocks costs about what an unlink
+		// does. The caller overwrites from offset 0 and cuts the file to
+		// its new length (finishWrite), which for small files frees nothing.
+		f, err := os.OpenFile(p, os.O_WRONLY, 0o600)
+		if err == nil {
+			return p, f, nil
+		}
+		os.Remove(p)
+	}
+	f, err := os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	return tmpPath, f, err
+}
+
+// retire disposes of a file that is no longer needed: into spare/ when it
+// is small, has no other name (a failed/ copy may share its inode) and the
+// pool has room; otherwise it is removed.
+func (s *store) retire(path string) {
+	info, err := os.Lstat(path)
+	if err != nil {
+		return
+	}
+	if !s.spares.reusable(info) {
+		os.Remove(path)
+		return
+	}
+	dst := s.spares.reserve()
+	if dst == "" {
+		os.Remove(path)
+		return
+	}
+	if os.Rename(path, dst) != nil {
+		s.spares.release()
+		os.Remove(path)
+		return
+	}
+	s.spares.give(dst)
+}
+
+// spares is the pool of recycled files in spare/. A spare's content is
+// garbage; it is only ever truncated and rewritten.
+type spares struct {
+	dir    string
+	prefix string
+	max    int   // files kept at most
+	size   int64 // larger files are not kept (their blocks would sit idle)
+
+	mu       sync.Mutex
+	free     []string
+	reserved int
+	seq      uint64
+}
+
+func newSpares(dir string) *spares {
+	var b [4]byte
+	rand.Read(b[:])
+	return &spares{dir: dir, prefix: fmt.Sprintf("%x", b), max: 512, size: 256 << 10}
+}
+
+func (p *spares) take() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.free)
+	if n == 0 {
+		return ""
+	}
+	f := p.free[n-1]
+	p.free = p.free[:n-1]
+	return f
+}
+
+// reserve returns a new name in spare/ if the pool has room (give it back
+// with give, or it is forgotten), else "".
+func (p *spares) reserve() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free)+p.reserved >= p.max {
+		return ""
+	}
+	p.reserved++
+	p.seq++
+	return filepath.Join(p.dir, fmt.Sprintf("%s-%d", p.prefix, p.seq))
+}
+
+// release forgets a reserved name that was not used.
+func (p *spares) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reserved > 0 {
+		p.reserved--
+	}
+}
+
+func (p *spares) give(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reserved > 0 {
+		p.reserved--
+	}
+	p.free = append(p.free, path)
+}
+
+func (p *spares) reusable(info fs.FileInfo) bool {
+	if !info.Mode().IsRegular() || info.Size() > p.size {
+		return false
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	return !ok || st.Nlink == 1
+}
+
+// load takes stock of spare/ at start: files with a second name (a crash
+// between link and rename in writeJSON) or too large are removed.
+func (p *spares) load() {
+	entries, _ := os.ReadDir(p.dir)
+	for _, e := range entries {
+		path := filepath.Join(p.dir, e.Name())
+		info, err := os.Lstat(path)
+		if err != nil || !p.reusable(info) || len(p.free) >= p.max {
+			os.Remove(path)
+			continue
+		}
+		p.free = append(p.free, path)
+	}
+}
+
 // parallel runs a and b at once and returns the first error.
 func parallel(a, b func() error) error {
 	ch := make(chan error, 1)
@@ -168,12 +309,15 @@ func (s *store) writeTemp(m *Meta, sub string) (string, *os.File, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	tmp := s.path(dirTmp, m.ID+"."+sub, ".json")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	tmp, f, err := s.openForWrite(s.path(dirTmp, m.ID+"."+sub, ".json"))
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
-	if _, err := f.Write(b); err != nil {
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Truncate(int64(len(b))) // a recycled file may hold older, longer content
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return "", nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
@@ -213,12 +357,28 @@ func (s *store) writeJSON(sub string, sync *dirSyncer, m *Meta) error {
 		os.Remove(tmp)
 		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
-	if err := os.Rename(tmp, s.path(sub, m.ID, ".json")); err != nil {
+	target := s.path(sub, m.ID, ".json")
+	// Keep the replaced file's inode for reuse: a second name in spare/
+	// before the rename (a crash in between leaves a spare with two links,
+	// which recovery never reuses).
+	keep := s.spares.reserve()
+	if keep != "" && os.Link(target, keep) != nil {
+		s.spares.release()
+		keep = "" // nothing to keep (a new file) or the link failed
+	}
+	if err := os.Rename(tmp, target); err != nil {
 		os.Remove(tmp)
+		if keep != "" {
+			os.Remove(keep)
+			s.spares.release()
+		}
 		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
 	if err := sync.sync(); err != nil {
 		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	}
+	if keep != "" {
+		s.spares.give(keep)
 	}
 	return nil
 }
@@ -241,13 +401,30 @@ func (s *store) writeMeta(m *Meta) error {
 
 // removeLive deletes a live message: meta first (the commit point), then body.
 func (s *store) removeLive(id string) error {
-	if err := os.Remove(s.path(dirMeta, id, ".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	meta := s.path(dirMeta, id, ".json")
+	kept := s.spares.reserve()
+	var err error
+	if kept != "" {
+		err = os.Rename(meta, kept) // out of meta/ is the removal; the inode is reused
+	} else {
+		err = os.Remove(meta)
+	}
+	if err != nil {
+		if kept != "" {
+			s.spares.release()
+			kept = ""
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		}
 	}
 	if err := s.metaDir.sync(); err != nil {
 		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
-	os.Remove(s.path(dirMsg, id, ".eml"))
+	if kept != "" {
+		s.spares.give(kept)
+	}
+	s.retire(s.path(dirMsg, id, ".eml"))
 	return nil
 }
 
@@ -345,6 +522,7 @@ func (s *store) quarantine(sub, id string, why error) {
 // or not, and returns the live and failed messages.
 func (s *store) recoverSpool() (live, failed []*Meta, err error) {
 	// tmp/ holds only writes that never committed.
+	s.spares.load()
 	tmps, _ := os.ReadDir(filepath.Join(s.dir, dirTmp))
 	for _, e := range tmps {
 		os.Remove(filepath.Join(s.dir, dirTmp, e.Name()))
