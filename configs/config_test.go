@@ -212,6 +212,7 @@ func TestValidate_Accounts(t *testing.T) {
 		{"bad network", func(c *Config) { c.Listen.AllowedNetworks = []string{"10.0.0.0/33"} }, "listen.allowed_networks[0]"},
 		{"no accounts", func(c *Config) { c.Accounts = nil }, "accounts"},
 		{"rewrite mode", func(c *Config) { c.Accounts[0].RewriteSender = "yes" }, "accounts[0].rewrite_sender"},
+		{"redirect URI unknowable", func(c *Config) { c.Admin.Addr = "0.0.0.0:8025" }, "admin.public_url"},
 	}
 	if ps := Validate(func() *Config { c := base(); return &c }()); len(ps) != 0 {
 		t.Fatalf("base config should be valid: %v", ps)

@@ -72,6 +72,14 @@ func Validate(c *Config) Problems {
 	}
 
 	hostPort("admin.addr", c.Admin.Addr, "127.0.0.1:8025")
+	if host, _, err := net.SplitHostPort(c.Admin.Addr); err == nil && c.Admin.PublicURL == "" && (host == "" || host == "0.0.0.0" || host == "::") {
+		for _, a := range c.Accounts {
+			if a.Flow == FlowAuthorizationCode || a.Flow == "" {
+				add("admin.public_url", "missing — admin.addr listens on all interfaces, so the OAuth redirect URI cannot be guessed; set the URL browsers use, e.g. https://relay.contoso.com")
+				break
+			}
+		}
+	}
 	if c.Admin.PublicURL != "" {
 		if u, err := url.Parse(c.Admin.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add("admin.public_url", "%q is not an http(s) URL — e.g. https://relay.contoso.com (the OAuth redirect URI is this + /oauth/callback)", c.Admin.PublicURL)

@@ -224,8 +224,14 @@ func (s *session) reject(reason string, err *smtp.SMTPError) error {
 	return err
 }
 
+// AuthMechanisms offers AUTH only where a password cannot be read on the
+// way: over TLS, or from loopback. Elsewhere it is not even advertised, so
+// no client sends a password in clear text just to be refused.
 func (s *session) AuthMechanisms() []string {
 	if len(s.l.cfg.Users) == 0 {
+		return nil
+	}
+	if _, isTLS := s.conn.TLSConnectionState(); !isTLS && !s.remote.IsLoopback() {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
