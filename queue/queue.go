@@ -749,19 +749,24 @@ type Filter struct {
 	Account string
 }
 
-func (q *Queue) describe(it *item) Message {
-	m := it.meta.clone()
-	msg := Message{Meta: m}
-	reason, paused := q.paused[m.Account]
+// stateOf is a live message's overall state; caller holds q.mu.
+func (q *Queue) stateOf(it *item) MessageState {
+	_, paused := q.paused[it.meta.Account]
 	switch {
 	case it.where == inFlight:
-		msg.State = MsgInflight
+		return MsgInflight
 	case paused:
-		msg.State, msg.PausedReason = MsgPaused, reason
-	case m.Attempts == 0:
-		msg.State = MsgQueued
-	default:
-		msg.State = MsgDeferred
+		return MsgPaused
+	case it.meta.Attempts == 0:
+		return MsgQueued
+	}
+	return MsgDeferred
+}
+
+func (q *Queue) describe(it *item) Message {
+	msg := Message{Meta: it.meta.clone(), State: q.stateOf(it)}
+	if msg.State == MsgPaused {
+		msg.PausedReason = q.paused[it.meta.Account]
 	}
 	return msg
 }
@@ -929,29 +934,37 @@ type Stats struct {
 	ByState   map[MessageState]int            `json:"by_state"`
 	ByAccount map[string]map[MessageState]int `json:"by_account"`
 	Oldest    time.Time                       `json:"oldest,omitzero"` // arrival of the oldest live message
-	Bytes     int64                           `json:"bytes"`           // message bodies on disk
+	Bytes     int64                           `json:"bytes"`           // message bodies (live and failed)
 	Paused    map[string]string               `json:"paused,omitempty"`
 }
 
-// Stats counts messages by state and account; Bytes reads the spool.
+// Stats counts messages by state and account from memory (no disk I/O:
+// it runs on every status page view and metrics scrape).
 func (q *Queue) Stats() Stats {
 	st := Stats{ByState: map[MessageState]int{}, ByAccount: map[string]map[MessageState]int{}, Paused: map[string]string{}}
-	for _, msg := range q.List(Filter{}) {
+	count := func(account string, state MessageState, size int64) {
 		st.Messages++
-		st.ByState[msg.State]++
-		if st.ByAccount[msg.Account] == nil {
-			st.ByAccount[msg.Account] = map[MessageState]int{}
+		st.ByState[state]++
+		if st.ByAccount[account] == nil {
+			st.ByAccount[account] = map[MessageState]int{}
 		}
-		st.ByAccount[msg.Account][msg.State]++
-		if msg.State != MsgFailed && (st.Oldest.IsZero() || msg.Arrived.Before(st.Oldest)) {
-			st.Oldest = msg.Arrived
-		}
+		st.ByAccount[account][state]++
+		st.Bytes += size
 	}
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, it := range q.items {
+		m := it.meta
+		count(m.Account, q.stateOf(it), m.Size)
+		if st.Oldest.IsZero() || m.Arrived.Before(st.Oldest) {
+			st.Oldest = m.Arrived
+		}
+	}
+	for _, m := range q.failed {
+		count(m.Account, MsgFailed, m.Size)
+	}
 	for a, r := range q.paused {
 		st.Paused[a] = r
 	}
-	q.mu.Unlock()
-	st.Bytes = q.store.usage()
 	return st
 }

@@ -629,20 +629,6 @@ func (s *store) checkWritable() error {
 	return nil
 }
 
-// usage returns the bytes of message bodies in the spool.
-func (s *store) usage() int64 {
-	var total int64
-	for _, sub := range []string{dirMsg, dirFailed} {
-		entries, _ := os.ReadDir(filepath.Join(s.dir, sub))
-		for _, e := range entries {
-			if info, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".eml") {
-				total += info.Size()
-			}
-		}
-	}
-	return total
-}
-
 // dirSyncer shares directory fsyncs between concurrent callers: one fsync at
 // a time; a caller waits for the first fsync that starts after it called.
 type dirSyncer struct {
