@@ -3,12 +3,16 @@ package integration
 import (
 	"context"
 	"os"
+	"strings"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/integration/fakem365"
+	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
 )
 
@@ -36,7 +40,7 @@ func TestBrowser_ConnectFromStatusPage(t *testing.T) {
 		t.Skip("Chromium is not installed (apt-get install chromium); skipping the browser test outside CI")
 	}
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{time.Hour} }, relay.Hooks{})
 	base := "http://" + h.relay.AdminAddr()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -102,8 +106,28 @@ func TestBrowser_ConnectFromStatusPage(t *testing.T) {
 		t.Fatal("test message not delivered after connecting in the browser")
 	}
 
+	// Give the page something to show: a refused message (with Microsoft's
+	// reply explained) and one waiting for a retry.
+	reply, err := send(h.relay.SMTPAddr(), "app@contoso.test", []string{"bob@example.com"}, message(2, "app@contoso.test", "bob@example.com", ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := queueID(t, reply)
+	waitFor(t, "SendAsDenied", 10*time.Second, func() bool { return messageState(h.relay, refused) == queue.MsgFailed })
+	h.fake.SMTP.FailNext(fakem365.StageData, fakem365.ReplyTempFailure)
+	send(h.relay.SMTPAddr(), mailbox, []string{"carol@example.com"}, message(3, mailbox, "carol@example.com", ""), nil)
+	waitFor(t, "a failure and a deferral", 10*time.Second, func() bool {
+		st := h.relay.Queue.Stats()
+		return st.ByState[queue.MsgFailed] == 1 && st.Messages == 2
+	})
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("account-helpdesk"))); err != nil {
 		t.Fatal(err)
+	}
+	page, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("main")))
+	for _, want := range []string{"Recent failures", "5.2.252", "may not send as app@contoso.test", "Waiting for delivery"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
 	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {

@@ -125,6 +125,9 @@ func (s *Server) view(m queue.Message) messageView {
 		addrs = append(addrs, r.Addr)
 		if r.Last != nil && (v.Reply == "" || r.State == queue.StateFailed) {
 			v.Reply = r.Last.String()
+			if r := []rune(v.Reply); len(r) > 120 { // the full reply is in the API and `queue show`
+				v.Reply = string(r[:120]) + "…"
+			}
 			if s.opts.Explain != nil {
 				v.Meaning = s.opts.Explain(*r.Last, m.Account, m.From)
 			}
