@@ -3,9 +3,9 @@ package integration
 import (
 	"context"
 	"os"
-	"strings"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
