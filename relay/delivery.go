@@ -127,8 +127,10 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 	for _, a := range accounts {
 		lim := rate.NewLimiter(rate.Inf, 1)
 		if cfg.RatePerMinute > 0 {
-			// A burst of one minute's worth, then the steady rate.
-			lim = rate.NewLimiter(rate.Limit(cfg.RatePerMinute/60), max(1, int(cfg.RatePerMinute)))
+			// Burst of one: any 60 s window then holds at most
+			// rate_per_minute+1 messages. A larger burst would add to the
+			// steady rate and let Microsoft's per-minute limit be exceeded.
+			lim = rate.NewLimiter(rate.Limit(cfg.RatePerMinute/60), 1)
 		}
 		d.accounts[a.Name] = &upstream{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections}
 	}
@@ -181,6 +183,9 @@ func (d *Delivery) janitor() {
 		}
 	}
 }
+
+// idleCheckAfter: a pooled connection unused this long gets a NOOP before reuse.
+const idleCheckAfter = 2 * time.Second
 
 // attemptError is a failure before or outside a transaction: it applies to
 // every recipient of the attempt.
@@ -295,7 +300,15 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 			go c.c.Quit()
 			continue
 		}
-		// RSET between messages doubles as the liveness check (RFC 5321 4.1.1.5).
+		// A connection idle for a while may have been dropped by the server:
+		// NOOP checks it (RFC 5321 4.1.1.9); RSET starts a clean
+		// transaction (4.1.1.5).
+		if time.Since(c.lastUsed) > idleCheckAfter {
+			if err := c.c.Noop(); err != nil {
+				c.c.Close()
+				continue
+			}
+		}
 		if err := c.c.Reset(); err == nil {
 			return c, nil
 		}

@@ -88,3 +88,23 @@ func TestBuildDSN_RFC3464Parts(t *testing.T) {
 		t.Error("multipart not closed")
 	}
 }
+
+func TestDelivery_PacingNeverExceedsRatePerMinute(t *testing.T) {
+	d := NewDelivery(UpstreamConfig{RatePerMinute: 30, IdleTimeout: time.Minute}, []UpstreamAccount{{Name: "a"}}, nil, nil, nil, DeliveryEvents{})
+	defer d.Close()
+	lim := d.accounts["a"].limiter
+	// Over any minute at most 30 + the burst may pass: Microsoft allows 30.
+	if lim.Burst() != 1 || float64(lim.Limit())*60 != 30 {
+		t.Fatalf("limiter burst %d, rate %v/min", lim.Burst(), float64(lim.Limit())*60)
+	}
+	start := time.Unix(0, 0)
+	passed := 0
+	for i := 0; i < 600; i++ { // 60 s in 100 ms steps, someone always waiting
+		if lim.AllowN(start.Add(time.Duration(i)*100*time.Millisecond), 1) {
+			passed++
+		}
+	}
+	if passed > 31 {
+		t.Errorf("%d messages passed in one minute, want at most 31", passed)
+	}
+}
