@@ -2,12 +2,19 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"io"
+	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/queue"
+	"golang.org/x/crypto/bcrypt"
 )
 
 func TestRouter_FirstMatchWinsNeverOpen(t *testing.T) {
@@ -106,5 +113,69 @@ func TestDelivery_PacingNeverExceedsRatePerMinute(t *testing.T) {
 	}
 	if passed > 31 {
 		t.Errorf("%d messages passed in one minute, want at most 31", passed)
+	}
+}
+
+// remoteAs makes accepted connections report addr as their source, so the
+// listener's rules for non-loopback clients can be tested over loopback.
+type remoteAs struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (r remoteAs) Accept() (net.Conn, error) {
+	c, err := r.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return remoteConn{Conn: c, addr: r.addr}, nil
+}
+
+type remoteConn struct {
+	net.Conn
+	addr net.Addr
+}
+
+func (c remoteConn) RemoteAddr() net.Addr { return c.addr }
+
+func TestListener_AuthOnlyOverTLSOrFromLoopback(t *testing.T) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	for _, tt := range []struct {
+		name      string
+		remote    net.Addr
+		wantOffer bool
+	}{
+		{"loopback client", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, true},
+		{"remote client without TLS", &net.TCPAddr{IP: net.ParseIP("192.0.2.10"), Port: 40000}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			nets := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("192.0.2.0/24")}
+			l := NewListener(ListenerConfig{Hostname: "relay.test", AllowedNetworks: nets, MaxMessageBytes: 1 << 20,
+				MaxRecipients: 10, Users: map[string][]byte{"app": hash}}, nil, NewRouter(nil), slog.New(slog.DiscardHandler), ListenerEvents{})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go l.Serve(remoteAs{Listener: ln, addr: tt.remote})
+			defer l.Shutdown(context.Background())
+			c, err := smtp.Dial(ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Hello("client.test"); err != nil {
+				t.Fatal(err)
+			}
+			if offered, _ := c.Extension("AUTH"); offered != tt.wantOffer {
+				t.Fatalf("AUTH offered = %v, want %v", offered, tt.wantOffer)
+			}
+			err = c.Auth(sasl.NewPlainClient("", "app", "pw"))
+			if tt.wantOffer && err != nil {
+				t.Errorf("AUTH from loopback: %v", err)
+			}
+			if !tt.wantOffer && err == nil {
+				t.Error("AUTH in clear text from a remote client was accepted")
+			}
+		})
 	}
 }
