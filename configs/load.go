@@ -314,7 +314,7 @@ func errorsOrNil(errs []string) error {
 // unknownKeys reports keys in the file that no field reads, with a
 // suggestion, because a typo would otherwise silently keep a default.
 func unknownKeys(settings map[string]any) Problems {
-	known := configKeys()
+	known, knownAccount := configKeys(), accountKeys()
 	var problems Problems
 	var walk func(prefix string, m map[string]any)
 	walk = func(prefix string, m map[string]any) {
@@ -329,8 +329,8 @@ func unknownKeys(settings map[string]any) Problems {
 						continue
 					}
 					for ak := range acc {
-						if _, ok := accountKeys()[ak]; !ok {
-							problems = append(problems, Problem{Key: fmt.Sprintf("accounts[%d].%s", i, ak), Msg: "unknown key" + suggest(ak, accountKeys())})
+						if _, ok := knownAccount[ak]; !ok {
+							problems = append(problems, Problem{Key: fmt.Sprintf("accounts[%d].%s", i, ak), Msg: "unknown key" + suggest(ak, knownAccount)})
 						}
 					}
 				}

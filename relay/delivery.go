@@ -194,7 +194,6 @@ type attemptError struct {
 	reply   queue.Reply
 	pause   string // the account cannot send: pause it with this explanation
 	auth535 bool   // Microsoft answered AUTH with 535 (reply holds it)
-	retry   time.Duration
 }
 
 // Deliver implements queue.Deliverer.
@@ -267,9 +266,7 @@ func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery,
 		if aerr.pause != "" {
 			return queue.Result{PauseAccount: aerr.pause}
 		}
-		res := all(dl, aerr.outcome, aerr.reply)
-		res.RetryAfter = aerr.retry
-		return res
+		return all(dl, aerr.outcome, aerr.reply)
 	}
 	res, healthy := d.transact(ctx, u, c, dl)
 	if healthy && c.used < d.cfg.MessagesPerConnection {

@@ -49,7 +49,6 @@ type Hooks struct {
 	Listener ListenerEvents
 	Delivery DeliveryEvents
 	// Tune adjusts component options before they are built (tests shorten timings).
-	TuneQueue    func(*queue.Options)
 	TuneUpstream func(*UpstreamConfig)
 	TuneTokens   func(*tokens.Options)
 	// Version is shown on the status page and in /api/status.
@@ -184,9 +183,6 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		Workers: c.Delivery.Workers, AccountConcurrency: c.Delivery.Connections,
 		Retry:           queue.RetryPolicy{Delays: c.Delivery.Retry, Jitter: c.Delivery.Jitter, MaxAge: c.Delivery.MaxAge},
 		FailedRetention: c.Spool.FailedRetention, Logger: log,
-	}
-	if hooks.TuneQueue != nil {
-		hooks.TuneQueue(&qo)
 	}
 	if r.Queue, err = queue.Open(qo); err != nil {
 		r.Delivery.Close()

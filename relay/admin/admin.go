@@ -191,8 +191,6 @@ func (s *Server) sessionOf(r *http.Request) (string, session, bool) {
 	return c.Value, sess, true
 }
 
-type ctxKey struct{}
-
 // page requires a session; POSTs also need the session's CSRF token.
 func (s *Server) page(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
