@@ -104,9 +104,15 @@ func noSecrets(t testing.TB, fake *fakem365.M365, procs ...*process) {
 	}
 }
 
-// processConfig is a configuration for a serve process whose account was
-// connected beforehand (the keysafe holds its refresh token).
-func processConfig(t testing.TB, fake *fakem365.M365) (*configs.Config, string) {
+// processConfig starts a fake Microsoft 365 and writes a configuration for
+// a serve process whose account was connected beforehand (the keysafe holds
+// its refresh token). The fake stops when the test ends.
+func processConfig(t testing.TB) (*fakem365.M365, *configs.Config, string) {
+	fake, err := fakem365.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fake.Close)
 	dir := t.TempDir()
 	c := baseConfig(t, fake, dir)
 	c.Listen.Addr, c.Admin.Addr = freeAddr(t), freeAddr(t)
@@ -122,7 +128,7 @@ func processConfig(t testing.TB, fake *fakem365.M365) (*configs.Config, string) 
 	}
 	file := filepath.Join(dir, "oauthrelay.yaml")
 	writeConfig(t, c, file)
-	return c, file
+	return fake, c, file
 }
 
 // sendMany sends n messages with `clients` concurrent SMTP clients and
@@ -160,12 +166,7 @@ func sendMany(t testing.TB, addr string, n, clients int, body func(i int) string
 // refusing; a new relay on the same spool delivers all 300.
 func TestE2E_CrashLosesNothing(t *testing.T) {
 	t.Parallel()
-	fake, err := fakem365.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	c, file := processConfig(t, fake)
+	fake, c, file := processConfig(t)
 	fake.SMTP.SetRefuse(fakem365.ReplyTempFailure)
 
 	first := startServe(t, file, c.Listen.Addr)
@@ -202,12 +203,7 @@ func TestE2E_CrashLosesNothing(t *testing.T) {
 // the queue resumes in the next process.
 func TestServe_SIGTERMStopsCleanly(t *testing.T) {
 	t.Parallel()
-	fake, err := fakem365.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	c, file := processConfig(t, fake)
+	fake, c, file := processConfig(t)
 	fake.SMTP.SetRefuse(fakem365.ReplyTempFailure)
 	p := startServe(t, file, c.Listen.Addr)
 	sendMany(t, c.Listen.Addr, 5, 1, func(i int) string { return message(i, mailbox, "bob@example.com", "") })
@@ -247,12 +243,7 @@ func rss(t testing.TB, pid int) (cur, peak int) {
 //
 //	go test ./integration -run '^$' -bench ServeMemory -benchtime 1x
 func BenchmarkServeMemory35MB(b *testing.B) {
-	fake, err := fakem365.Start()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fake.Close()
-	c, file := processConfig(b, fake)
+	fake, c, file := processConfig(b)
 	p := startServe(b, file, c.Listen.Addr)
 	time.Sleep(500 * time.Millisecond)
 	idle, _ := rss(b, p.cmd.Process.Pid)
