@@ -179,8 +179,8 @@ func TestE2E_CrashLosesNothing(t *testing.T) {
 	if got := len(fake.SMTP.Messages()); got != 0 {
 		t.Fatalf("upstream accepted %d while refusing", got)
 	}
-	metas, _ := os.ReadDir(filepath.Join(c.Spool.Dir, "meta"))
-	t.Logf("after kill -9: %d messages in meta/", len(metas))
+	metas, _ := os.ReadDir(filepath.Join(c.Spool.Dir, "log"))
+	t.Logf("after kill -9: %d log segments", len(metas))
 
 	fake.SMTP.SetRefuse(nil)
 	second := startServe(t, file, c.Listen.Addr)

@@ -135,6 +135,12 @@ type Options struct {
 	Now             func() time.Time
 	// StepHook is called between the write steps of Enqueue (crash tests).
 	StepHook func(step string)
+	// InlineMax: bodies up to this many bytes are stored in the log with
+	// their meta; larger ones in msg/. 0 means 128 KiB.
+	InlineMax int
+	// SegmentMax: a log segment is closed once it holds this many bytes.
+	// 0 means 16 MiB.
+	SegmentMax int64
 }
 
 // Errors returned by operations.
@@ -232,6 +238,12 @@ func Open(opts Options) (*Queue, error) {
 	st, err := openStore(opts.Dir, opts.StepHook, opts.Logger)
 	if err != nil {
 		return nil, err
+	}
+	if opts.InlineMax > 0 {
+		st.inlineMax = min(opts.InlineMax, recMax/2)
+	}
+	if opts.SegmentMax > 0 {
+		st.segMax = opts.SegmentMax
 	}
 	live, failed, err := st.recoverSpool()
 	if err != nil {
@@ -722,6 +734,7 @@ func (q *Queue) Close(ctx context.Context) error {
 		<-idle
 	}
 	q.cancel()
+	q.store.close()
 	return nil
 }
 

@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -137,6 +139,31 @@ func enqueue(t *testing.T, q *Queue, e Envelope, body string) string {
 	return id
 }
 
+// onDisk reads the spool's log as recovery would and returns the live
+// messages' latest state, without changing anything.
+func onDisk(t *testing.T, dir string) map[string]*Meta {
+	t.Helper()
+	st := &store{dir: dir}
+	seqs, err := st.segments()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]*scanned{}
+	for _, seq := range seqs {
+		scanSegment(st.segPath(seq), seq, live, func(int64, []byte, error) {})
+	}
+	out := map[string]*Meta{}
+	for id, sc := range live {
+		out[id] = sc.meta
+	}
+	return out
+}
+
+// spoolEmpty: no live message in the log and no body in msg/.
+func spoolEmpty(t *testing.T, dir string) bool {
+	return len(onDisk(t, dir)) == 0 && len(files(t, filepath.Join(dir, dirMsg))) == 0
+}
+
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
@@ -165,7 +192,7 @@ func TestQueue_EnqueueIsAttemptedAtOnce(t *testing.T) {
 		t.Fatal("a new message must be attempted at once, not at the next retry tick")
 	}
 	waitFor(t, "delivered message removed, meta and body", func() bool {
-		return len(files(t, filepath.Join(q.opts.Dir, dirMeta))) == 0 && len(files(t, filepath.Join(q.opts.Dir, dirMsg))) == 0
+		return spoolEmpty(t, q.opts.Dir)
 	})
 	if string(rec.delivered[id]) != "Subject: x\r\n\r\nhello\r\n" {
 		t.Errorf("body changed: %q", rec.delivered[id])
@@ -175,82 +202,165 @@ func TestQueue_EnqueueIsAttemptedAtOnce(t *testing.T) {
 // TestQueue_CrashAtEveryWriteStep cuts Enqueue at every step (the goroutine
 // stops dead there, as a crash would: no cleanup runs), reopens the spool and
 // checks the message is either fully queued and then delivered, or absent —
-// never half — and that nothing is left over.
+// never half — and that nothing is left over. It runs for a body stored in
+// the log and for one streamed into msg/.
 func TestQueue_CrashAtEveryWriteStep(t *testing.T) {
-	steps := []string{StepBodyWritten, StepMetaWritten, StepFilesSynced, StepBodyRenamed, StepMetaRenamed, StepDirsSynced}
-	// From the meta rename on, the message is there after a restart (it
-	// had not been acknowledged yet at meta-renamed, and may be delivered).
-	committed := map[string]bool{StepMetaRenamed: true, StepDirsSynced: true}
+	// From the record write on, the message is there after a restart (it
+	// had not been acknowledged yet at record-written, and may be delivered).
+	committed := map[string]bool{StepRecordWritten: true, StepRecordSynced: true}
 	body := "Subject: crash\r\n\r\n" + strings.Repeat("x", 100000) + "\r\n"
-	for _, step := range steps {
-		t.Run(step, func(t *testing.T) {
-			dir := t.TempDir()
-			blocked := newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "test: hold"} })
-			q1, err := Open(Options{Dir: dir, Deliverer: blocked, Retry: fastRetry(), StepHook: func(s string) {
-				if s == step {
-					runtime.Goexit() // the process dies here
+	for _, tc := range []struct {
+		name      string
+		inlineMax int
+		steps     []string
+	}{
+		{"inline", 0, []string{StepRecordWritten, StepRecordSynced}},
+		{"file", 1024, []string{StepBodyWritten, StepBodyStored, StepRecordWritten, StepRecordSynced}},
+	} {
+		for _, step := range tc.steps {
+			t.Run(tc.name+"/"+step, func(t *testing.T) {
+				dir := t.TempDir()
+				blocked := newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "test: hold"} })
+				q1, err := Open(Options{Dir: dir, Deliverer: blocked, Retry: fastRetry(), InlineMax: tc.inlineMax, StepHook: func(s string) {
+					if s == step {
+						runtime.Goexit() // the process dies here
+					}
+				}})
+				if err != nil {
+					t.Fatal(err)
 				}
-			}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			q1.Pause("helpdesk", "hold")
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				q1.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), strings.NewReader(body))
-				t.Errorf("Enqueue returned although the step hook stopped it")
-			}()
-			<-done
-			q1.Close(context.Background())
+				q1.Pause("helpdesk", "hold")
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					q1.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), strings.NewReader(body))
+					t.Errorf("Enqueue returned although the step hook stopped it")
+				}()
+				<-done
+				q1.Close(context.Background())
 
-			rec := newRecorder(nil)
-			q2 := open(t, dir, rec, nil)
-			if committed[step] {
-				select {
-				case <-rec.ch:
-				case <-time.After(5 * time.Second):
-					t.Fatal("a committed message must be delivered after restart")
-				}
-				for _, b := range rec.delivered {
-					if string(b) != body {
-						t.Fatal("delivered body differs from what was accepted")
+				rec := newRecorder(nil)
+				q2 := open(t, dir, rec, func(o *Options) { o.InlineMax = tc.inlineMax })
+				if committed[step] {
+					select {
+					case <-rec.ch:
+					case <-time.After(5 * time.Second):
+						t.Fatal("a committed message must be delivered after restart")
+					}
+					for _, b := range rec.delivered {
+						if string(b) != body {
+							t.Fatal("delivered body differs from what was accepted")
+						}
+					}
+					waitFor(t, "delivered", func() bool { return spoolEmpty(t, dir) })
+				} else {
+					if n := len(q2.List(Filter{})); n != 0 {
+						t.Fatalf("uncommitted message appeared after restart: %d", n)
 					}
 				}
-				waitFor(t, "delivered", func() bool {
-					return len(files(t, filepath.Join(dir, dirMeta))) == 0 && len(files(t, filepath.Join(dir, dirMsg))) == 0
-				})
-			} else {
-				if n := len(q2.List(Filter{})); n != 0 {
-					t.Fatalf("uncommitted message appeared after restart: %d", n)
+				for _, sub := range []string{dirTmp, dirMsg, dirCorrupt, dirFailed} {
+					if left := files(t, filepath.Join(dir, sub)); len(left) != 0 {
+						t.Errorf("%s/ not clean after restart: %v", sub, left)
+					}
 				}
+			})
+		}
+	}
+}
+
+// TestStore_TornLogTail: a crash in the middle of appending leaves a partial
+// record (or garbage) at the end of the last segment. It was never
+// acknowledged; recovery cuts it off and everything before it survives, and
+// later appends are readable after another restart.
+func TestStore_TornLogTail(t *testing.T) {
+	for _, tail := range []struct {
+		name string
+		junk func(rec []byte) []byte
+	}{
+		{"half a record", func(rec []byte) []byte { return rec[:len(rec)/2] }},
+		{"header only", func(rec []byte) []byte { return rec[:recHeader-3] }},
+		{"zeros", func([]byte) []byte { return make([]byte, 4096) }},
+		{"bad checksum", func(rec []byte) []byte { r := bytes.Clone(rec); r[len(r)-1] ^= 0xff; return r }},
+	} {
+		t.Run(tail.name, func(t *testing.T) {
+			dir := t.TempDir()
+			hold := func(o *Options) {}
+			q1 := open(t, dir, newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} }), hold)
+			q1.Pause("helpdesk", "hold")
+			kept := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "kept")
+			q1.Close(context.Background())
+			seqs, _ := (&store{dir: dir}).segments()
+			last := (&store{dir: dir}).segPath(seqs[len(seqs)-1])
+			m := &Meta{Version: MetaVersion, ID: newID(time.Now()), From: "a@contoso.com", Account: "helpdesk", Arrived: time.Now(),
+				Recipients: []Recipient{{Addr: "torn@example.com", State: StateQueued}}}
+			mb, _ := json.Marshal(m)
+			f, _ := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+			f.Write(tail.junk(newRecord(mb, []byte("torn"))))
+			f.Close()
+			sizeBefore := fileSize(t, last)
+
+			var logs bytes.Buffer
+			rec := newRecorder(nil)
+			q2 := open(t, dir, rec, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+			if fileSize(t, last) >= sizeBefore {
+				t.Error("torn tail not cut off")
 			}
-			for _, sub := range []string{dirTmp, dirMsg, dirCorrupt, dirFailed} {
-				if left := files(t, filepath.Join(dir, sub)); len(left) != 0 {
-					t.Errorf("%s/ not clean after restart: %v", sub, left)
-				}
+			if !strings.Contains(logs.String(), "unacknowledged partial record") {
+				t.Errorf("cut not logged: %s", logs.String())
+			}
+			waitFor(t, "the kept message delivered", func() bool { return rec.count() == 1 })
+			if string(rec.delivered[kept]) != "kept" {
+				t.Fatalf("delivered %v", rec.delivered)
+			}
+			after := enqueue(t, q2, env("a@contoso.com", "c@example.com"), "after")
+			waitFor(t, "delivered", func() bool { return rec.count() == 2 })
+			q2.Close(context.Background())
+			if string(rec.delivered[after]) != "after" {
+				t.Fatal("message after the cut not delivered intact")
+			}
+			if n := len(files(t, filepath.Join(dir, dirCorrupt))); n != 0 {
+				t.Errorf("a torn tail is not damage: corrupt/ has %d files", n)
+			}
+			if live := onDisk(t, dir); len(live) != 0 {
+				t.Errorf("log still says live: %v", live)
 			}
 		})
 	}
 }
 
+func fileSize(t *testing.T, p string) int64 {
+	t.Helper()
+	info, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Size()
+}
+
 // TestQueue_RecoversInterruptedMoves builds the on-disk states a crash can
 // leave in moveToFailed and requeue, and checks Open finishes them.
 func TestQueue_RecoversInterruptedMoves(t *testing.T) {
-	mk := func(t *testing.T) (string, *Meta) {
+	mk := func(t *testing.T, state RcptState) (string, *Meta) {
 		dir := t.TempDir()
 		st, _ := openStore(dir, nil, slog.New(slog.DiscardHandler))
+		if _, _, err := st.recoverSpool(); err != nil {
+			t.Fatal(err)
+		}
+		defer st.close()
 		now := time.Now()
 		m := &Meta{Version: MetaVersion, ID: newID(now), From: "a@b.c", Account: "x", Arrived: now, AgeFrom: now,
-			Recipients: []Recipient{{Addr: "r@x.y", State: StateFailed, Last: &permReply}}}
+			Recipients: []Recipient{{Addr: "r@x.y", State: state}}}
+		if state == StateFailed {
+			m.Recipients[0].Last = &permReply
+		}
 		if _, err := st.enqueue(m.ID, strings.NewReader("body"), func(int64) *Meta { return m }); err != nil {
 			t.Fatal(err)
 		}
 		return dir, m
 	}
-	t.Run("failed json written, live meta not yet removed", func(t *testing.T) {
-		dir, m := mk(t)
-		os.Link(filepath.Join(dir, dirMsg, m.ID+".eml"), filepath.Join(dir, dirFailed, m.ID+".eml"))
+	t.Run("failed json written, live record not yet removed", func(t *testing.T) {
+		dir, m := mk(t, StateFailed)
+		os.WriteFile(filepath.Join(dir, dirFailed, m.ID+".eml"), []byte("body"), 0o600)
 		m.Finished = time.Now()
 		b, _ := json.Marshal(m)
 		os.WriteFile(filepath.Join(dir, dirFailed, m.ID+".json"), b, 0o600)
@@ -258,34 +368,37 @@ func TestQueue_RecoversInterruptedMoves(t *testing.T) {
 		if msg, err := q.Get(m.ID); err != nil || msg.State != MsgFailed {
 			t.Fatalf("want failed, got %+v %v", msg, err)
 		}
-		if len(files(t, filepath.Join(dir, dirMeta))) != 0 || len(files(t, filepath.Join(dir, dirMsg))) != 0 {
+		if !spoolEmpty(t, dir) {
 			t.Error("live copy left behind")
 		}
 	})
-	t.Run("enqueue meta rename kept, body rename lost", func(t *testing.T) {
-		dir, m := mk(t)
-		m.Recipients[0].State = StateQueued
-		os.Rename(filepath.Join(dir, dirMsg, m.ID+".eml"), filepath.Join(dir, dirTmp, m.ID+".eml"))
-		q := open(t, dir, newRecorder(nil), nil)
+	t.Run("record of a msg/ body that is gone", func(t *testing.T) {
+		dir := t.TempDir()
+		q1 := open(t, dir, newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} }), func(o *Options) { o.InlineMax = 2 })
+		q1.Pause("helpdesk", "hold")
+		id := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "a body in msg/")
+		q1.Close(context.Background())
+		os.Remove(filepath.Join(dir, dirMsg, id+".eml")) // damage, not a crash: the body is durable before its record
+		var logs bytes.Buffer
+		q := open(t, dir, newRecorder(nil), func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 		if n := len(q.List(Filter{})); n != 0 {
-			t.Fatalf("a never-acknowledged message came back: %d", n)
+			t.Fatalf("a message without its body is listed: %d", n)
 		}
-		for _, sub := range []string{dirMeta, dirMsg, dirTmp, dirCorrupt} {
-			if left := files(t, filepath.Join(dir, sub)); len(left) != 0 {
-				t.Errorf("%s/ not clean: %v", sub, left)
-			}
+		if got := files(t, filepath.Join(dir, dirCorrupt)); len(got) != 1 || got[0] != id+".json" {
+			t.Errorf("corrupt/ holds %v, want the meta kept for inspection", got)
+		}
+		if !strings.Contains(logs.String(), id) {
+			t.Errorf("not logged: %s", logs.String())
+		}
+		if !spoolEmpty(t, dir) {
+			t.Error("log still names the message")
 		}
 	})
-	t.Run("failed body linked, json not written", func(t *testing.T) {
-		dir, m := mk(t)
+	t.Run("failed body written, json not written", func(t *testing.T) {
 		// The crash came before the move finished: the message is live with
 		// a recipient still pending.
-		m.Recipients[0].State = StateDeferred
-		st, _ := openStore(dir, nil, slog.New(slog.DiscardHandler))
-		if err := st.writeMeta(m); err != nil {
-			t.Fatal(err)
-		}
-		os.Link(filepath.Join(dir, dirMsg, m.ID+".eml"), filepath.Join(dir, dirFailed, m.ID+".eml"))
+		dir, m := mk(t, StateDeferred)
+		os.WriteFile(filepath.Join(dir, dirFailed, m.ID+".eml"), []byte("body"), 0o600)
 		rec := newRecorder(func(d *Delivery) Result { return allWith(d, Deferred, tempReply) })
 		q := open(t, dir, rec, nil)
 		if msg, err := q.Get(m.ID); err != nil || msg.State == MsgFailed {
@@ -296,7 +409,7 @@ func TestQueue_RecoversInterruptedMoves(t *testing.T) {
 		}
 	})
 	t.Run("requeue committed, failed copy not yet removed", func(t *testing.T) {
-		dir, m := mk(t)
+		dir, m := mk(t, StateFailed)
 		q1 := open(t, dir, newRecorder(nil), nil) // finishes m into failed/
 		waitFor(t, "moved to failed/", func() bool {
 			_, err := q1.Get(m.ID)
@@ -304,6 +417,9 @@ func TestQueue_RecoversInterruptedMoves(t *testing.T) {
 		})
 		q1.Close(context.Background())
 		st, _ := openStore(dir, nil, slog.New(slog.DiscardHandler))
+		if _, _, err := st.recoverSpool(); err != nil {
+			t.Fatal(err)
+		}
 		n := m.clone()
 		n.ID, n.RequeuedFrom = newID(time.Now().Add(time.Millisecond)), m.ID
 		n.Recipients[0].State = StateQueued
@@ -311,6 +427,7 @@ func TestQueue_RecoversInterruptedMoves(t *testing.T) {
 		if err := st.commitMeta(n); err != nil {
 			t.Fatal(err)
 		}
+		st.close()
 		rec := newRecorder(nil)
 		q := open(t, dir, rec, nil)
 		if _, err := q.Get(m.ID); !errors.Is(err, ErrNotFound) {
@@ -354,10 +471,11 @@ func TestQueue_RestartDeliversEverything(t *testing.T) {
 	q1.Close(context.Background())
 
 	before := map[string]time.Time{}
+	disk := onDisk(t, dir)
 	for _, id := range deferred {
-		m, err := (&store{dir: dir}).readMeta(filepath.Join(dir, dirMeta, id+".json"))
-		if err != nil || m.Attempts != 1 {
-			t.Fatalf("deferred %s: %+v %v", id, m, err)
+		m := disk[id]
+		if m == nil || m.Attempts != 1 {
+			t.Fatalf("deferred %s: %+v", id, m)
 		}
 		before[id] = m.NextAttempt
 	}
@@ -586,11 +704,7 @@ func TestQueue_AttemptRecordedBeforeDelivery(t *testing.T) {
 	dir := t.TempDir()
 	seen := make(chan *Meta, 1)
 	rec := newRecorder(func(d *Delivery) Result {
-		m, err := (&store{dir: dir}).readMeta(filepath.Join(dir, dirMeta, d.ID+".json"))
-		if err != nil {
-			panic(err)
-		}
-		seen <- m
+		seen <- onDisk(t, dir)[d.ID]
 		return deliverAll(d)
 	})
 	q := open(t, dir, rec, func(o *Options) { o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour} })
@@ -601,23 +715,77 @@ func TestQueue_AttemptRecordedBeforeDelivery(t *testing.T) {
 	}
 }
 
+// TestQueue_CorruptMetaQuarantined: a record whose checksum holds but whose
+// meta cannot be parsed (a bug, or a format from a newer build) is copied
+// to corrupt/ and logged; the other messages are unharmed.
 func TestQueue_CorruptMetaQuarantined(t *testing.T) {
 	dir := t.TempDir()
 	var logs bytes.Buffer
-	q1 := open(t, dir, newRecorder(func(d *Delivery) Result { return allWith(d, Deferred, tempReply) }), nil)
-	id := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "x")
+	q1 := open(t, dir, newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} }), nil)
+	q1.Pause("helpdesk", "hold")
+	good := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "good")
 	q1.Close(context.Background())
-	os.WriteFile(filepath.Join(dir, dirMeta, id+".json"), []byte("{not json"), 0o600)
-	q2 := open(t, dir, newRecorder(nil), func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
-	if n := len(q2.List(Filter{})); n != 0 {
-		t.Fatalf("corrupt message listed: %d", n)
+	seqs, _ := (&store{dir: dir}).segments()
+	f, _ := os.OpenFile((&store{dir: dir}).segPath(seqs[len(seqs)-1]), os.O_WRONLY|os.O_APPEND, 0)
+	f.Write(newRecord([]byte(`{"version":99,"id":"ffffffffffffffffffff"}`), []byte("x")))
+	f.Close()
+	rec := newRecorder(nil)
+	q2 := open(t, dir, rec, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	waitFor(t, "good one delivered", func() bool { return rec.count() == 1 })
+	if _, ok := rec.delivered[good]; !ok || len(q2.List(Filter{})) != 0 {
+		t.Fatalf("delivered %v, listed %v", rec.delivered, q2.List(Filter{}))
 	}
 	got := files(t, filepath.Join(dir, dirCorrupt))
-	if len(got) != 2 {
-		t.Fatalf("corrupt/ holds %v, want meta and body", got)
+	if len(got) != 1 || !strings.HasSuffix(got[0], ".record") {
+		t.Fatalf("corrupt/ holds %v, want the record", got)
 	}
-	if !strings.Contains(logs.String(), "quarantined") || !strings.Contains(logs.String(), id) {
+	if !strings.Contains(logs.String(), "quarantined") || !strings.Contains(logs.String(), "version 99") {
 		t.Errorf("quarantine not logged: %s", logs.String())
+	}
+}
+
+// TestStore_DamagedClosedSegment: a closed segment was fdatasynced whole, so
+// a bad record in it is disk damage. The records before it are read, a copy
+// of the segment is kept in corrupt/, and later segments are read as usual.
+func TestStore_DamagedClosedSegment(t *testing.T) {
+	dir := t.TempDir()
+	hold := newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} })
+	q1 := open(t, dir, hold, nil)
+	q1.Pause("helpdesk", "hold")
+	before := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "before")
+	damaged := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "damaged")
+	q1.Close(context.Background())
+	q2 := open(t, dir, hold, nil) // a new segment: the first one is closed now
+	q2.Pause("helpdesk", "hold")
+	later := enqueue(t, q2, env("a@contoso.com", "b@example.com"), "later")
+	q2.Close(context.Background())
+
+	seqs, _ := (&store{dir: dir}).segments()
+	first := (&store{dir: dir}).segPath(seqs[0])
+	b, _ := os.ReadFile(first)
+	i := bytes.LastIndex(b, []byte("damaged"))
+	b[i] ^= 0xff
+	os.WriteFile(first, b, 0o600)
+
+	var logs bytes.Buffer
+	rec := newRecorder(nil)
+	open(t, dir, rec, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	waitFor(t, "the readable messages delivered", func() bool { return rec.count() == 2 })
+	if string(rec.delivered[before]) != "before" || string(rec.delivered[later]) != "later" {
+		t.Fatalf("delivered %v", rec.delivered)
+	}
+	if _, ok := rec.delivered[damaged]; ok {
+		t.Fatal("a damaged record was delivered")
+	}
+	// If q2 recorded an attempt for the damaged message, that record
+	// (in the second segment) survives without its body: its meta is kept
+	// in corrupt/ too.
+	got := files(t, filepath.Join(dir, dirCorrupt))
+	if !slices.Contains(got, filepath.Base(first)) || len(got) > 2 || len(got) == 2 && !slices.Contains(got, damaged+".json") {
+		t.Fatalf("corrupt/ holds %v, want a copy of the segment", got)
+	}
+	if !strings.Contains(logs.String(), "damaged log segment") {
+		t.Errorf("not logged: %s", logs.String())
 	}
 }
 
@@ -627,17 +795,29 @@ func TestQueue_DiskTroubleFailsEnqueueOnly(t *testing.T) {
 	q := open(t, dir, rec, func(o *Options) { o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour} })
 	kept := enqueue(t, q, env("a@contoso.com", "b@example.com"), "keep me")
 	<-rec.ch
-	// A file where tmp/ should be makes every new write fail, as a full or
-	// read-only disk would (permissions do not stop root).
-	tmp := filepath.Join(dir, dirTmp)
-	os.RemoveAll(tmp)
-	os.WriteFile(tmp, nil, 0o600)
+	// A full disk: the log append writes half its record and fails.
+	q.store.mu.Lock()
+	q.store.writeFault = func() error { return syscall.ENOSPC }
+	q.store.mu.Unlock()
 	_, err := q.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), strings.NewReader("lost?"))
 	if !errors.Is(err, ErrDiskTrouble) {
 		t.Fatalf("want ErrDiskTrouble, got %v", err)
 	}
+	// A large body: tmp/ unusable (a file where the folder should be;
+	// permissions do not stop root).
+	tmp := filepath.Join(dir, dirTmp)
+	os.RemoveAll(tmp)
+	os.WriteFile(tmp, nil, 0o600)
+	_, err = q.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), bytes.NewReader(make([]byte, 300<<10)))
+	if !errors.Is(err, ErrDiskTrouble) {
+		t.Fatalf("want ErrDiskTrouble for a large body, got %v", err)
+	}
 	os.Remove(tmp)
 	os.Mkdir(tmp, 0o700)
+	q.store.mu.Lock()
+	q.store.writeFault = nil
+	q.store.mu.Unlock()
+	next := enqueue(t, q, env("a@contoso.com", "c@example.com"), "after the disk recovered")
 	if _, err := q.Get(kept); err != nil {
 		t.Fatal("queued message harmed by a failed enqueue")
 	}
@@ -647,6 +827,16 @@ func TestQueue_DiskTroubleFailsEnqueueOnly(t *testing.T) {
 	if string(b) != "keep me" {
 		t.Errorf("body now %q", b)
 	}
+	q.Close(context.Background())
+	// After a restart both good messages are there, the failed one is not.
+	q2 := open(t, dir, newRecorder(nil), nil)
+	if got := q2.List(Filter{}); len(got) != 2 {
+		t.Fatalf("after restart %d messages, want the 2 acknowledged", len(got))
+	}
+	if left := files(t, filepath.Join(dir, dirCorrupt)); len(left) != 0 {
+		t.Errorf("corrupt/ after a failed append: %v", left)
+	}
+	_ = next
 }
 
 func TestQueue_ClientReadErrorIsNotDiskTrouble(t *testing.T) {
@@ -827,65 +1017,88 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestStore_SparesAreRecycledSafely: delivered messages' files are reused
-// for new ones, never a file that still has another name (a failed/ copy,
-// or a link left by a crash), and never a large one.
-func TestStore_SparesAreRecycledSafely(t *testing.T) {
+// TestStore_LogCompaction: with small segments, delivered messages' segments
+// are deleted, and a long-deferred message does not pin the log: it is
+// copied forward and the old segments go.
+func TestStore_LogCompaction(t *testing.T) {
 	dir := t.TempDir()
-	rec := newRecorder(nil)
-	q := open(t, dir, rec, nil)
-	q.Pause("helpdesk", "hold until all are queued")
-	for i := range 20 {
-		enqueue(t, q, env("a@contoso.com", "b@example.com"), fmt.Sprintf("message %d %s", i, strings.Repeat("long old content ", 200)))
-	}
-	q.Resume("helpdesk")
-	waitFor(t, "all delivered and removed", func() bool {
-		return rec.count() == 20 && len(files(t, filepath.Join(dir, dirMeta))) == 0 && len(files(t, filepath.Join(dir, dirMsg))) == 0
+	rec := newRecorder(func(d *Delivery) Result {
+		if d.To[0] == "stuck@example.com" {
+			return allWith(d, Deferred, tempReply)
+		}
+		return deliverAll(d)
 	})
-	if n := len(files(t, filepath.Join(dir, dirSpare))); n < 20 {
-		t.Fatalf("%d spares after 20 deliveries: files were not recycled", n)
+	small := func(o *Options) {
+		o.SegmentMax = 16 << 10
+		o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour}
 	}
-	// A new message reuses spares and arrives intact.
-	id := enqueue(t, q, env("a@contoso.com", "b@example.com"), "fresh content")
-	waitFor(t, "delivered", func() bool { return rec.count() == 21 })
-	if string(rec.delivered[id]) != "fresh content" {
-		t.Fatalf("reused file carries old bytes: %q", rec.delivered[id])
+	q := open(t, dir, rec, small)
+	stuck := enqueue(t, q, env("a@contoso.com", "stuck@example.com"), "still waiting "+strings.Repeat("s", 2000))
+	for i := range 200 {
+		enqueue(t, q, env("a@contoso.com", "ok@example.com"), fmt.Sprintf("message %d %s", i, strings.Repeat("x", 1000)))
+	}
+	waitFor(t, "all delivered", func() bool { return rec.count() == 200 })
+	q.store.kickMaintenance()
+	waitFor(t, "log compacted", func() bool { return len(files(t, filepath.Join(dir, dirLog))) <= 3 })
+	body, err := q.OpenBody(stuck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(body)
+	body.Close()
+	if !strings.HasPrefix(string(b), "still waiting") {
+		t.Fatalf("stuck message's body after compaction: %.40q", b)
 	}
 	q.Close(context.Background())
-	// Metas written into recycled files read back cleanly after a restart.
-	q2 := open(t, dir, newRecorder(func(d *Delivery) Result { return allWith(d, Deferred, tempReply) }), nil)
-	id2 := enqueue(t, q2, env("a@contoso.com", "b@example.com"), "x")
-	waitFor(t, "deferred", func() bool { m, _ := q2.Get(id2); return m.State == MsgDeferred })
-	q2.Close(context.Background())
-	q3 := open(t, dir, newRecorder(func(d *Delivery) Result { return allWith(d, Deferred, tempReply) }), nil)
-	if m, err := q3.Get(id2); err != nil || m.Attempts < 1 {
-		t.Fatalf("meta in a recycled file did not survive a restart: %+v %v", m, err)
+	disk := onDisk(t, dir)
+	if len(disk) != 1 || disk[stuck] == nil || disk[stuck].Attempts != 1 {
+		t.Fatalf("on disk after compaction: %v", disk)
 	}
-	if left := files(t, filepath.Join(dir, dirCorrupt)); len(left) != 0 {
-		t.Fatalf("recycled files produced unreadable meta: %v", left)
+	rec2 := newRecorder(nil)
+	q2 := open(t, dir, rec2, small)
+	if err := q2.RetryNow(stuck); err != nil {
+		t.Fatal(err)
 	}
-	q3.Close(context.Background())
-
-	// Recovery drops spares with a second name or too large.
-	linked := filepath.Join(dir, "live-elsewhere")
-	os.WriteFile(linked, []byte("a live file"), 0o600)
-	os.Link(linked, filepath.Join(dir, dirSpare, "crashed-link"))
-	os.WriteFile(filepath.Join(dir, dirSpare, "big"), bytes.Repeat([]byte("x"), 300<<10), 0o600)
-	st, _ := openStore(dir, nil, slog.New(slog.DiscardHandler))
-	st.spares.load()
-	for _, name := range []string{"crashed-link", "big"} {
-		if _, err := os.Stat(filepath.Join(dir, dirSpare, name)); err == nil {
-			t.Errorf("spare %s kept; it must not be reused", name)
-		}
-	}
-	if b, _ := os.ReadFile(linked); string(b) != "a live file" {
-		t.Error("the other name of a dropped spare was harmed")
+	waitFor(t, "stuck one delivered after restart", func() bool { return rec2.count() == 1 })
+	if !strings.HasPrefix(string(rec2.delivered[stuck]), "still waiting") {
+		t.Fatal("wrong body after restart")
 	}
 }
 
-// TestQueue_FailedBodyNotRecycled: a failed message's body shares its inode
-// with failed/<id>.eml; recycling it would let a later message overwrite it.
-func TestQueue_FailedBodyNotRecycled(t *testing.T) {
+// TestStore_ImportsLegacySpool: a spool of the earlier layout (meta/<id>.json
+// beside msg/<id>.eml, spare/) is converted at open and its mail delivered.
+func TestStore_ImportsLegacySpool(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{legacyMeta, dirMsg, legacySpare} {
+		os.MkdirAll(filepath.Join(dir, d), 0o700)
+	}
+	now := time.Now()
+	m := &Meta{Version: MetaVersion, ID: newID(now), From: "a@contoso.com", Account: "helpdesk", Arrived: now, AgeFrom: now, NextAttempt: now,
+		Recipients: []Recipient{{Addr: "b@example.com", State: StateDeferred}}, Attempts: 2}
+	b, _ := json.Marshal(m)
+	os.WriteFile(filepath.Join(dir, legacyMeta, m.ID+".json"), b, 0o600)
+	os.WriteFile(filepath.Join(dir, dirMsg, m.ID+".eml"), []byte("from the old layout"), 0o600)
+	os.WriteFile(filepath.Join(dir, legacyMeta, "0123456789abcdef0123.json"), []byte("{broken"), 0o600)
+	os.WriteFile(filepath.Join(dir, legacySpare, "x-1"), []byte("garbage"), 0o600)
+	rec := newRecorder(nil)
+	open(t, dir, rec, nil)
+	waitFor(t, "delivered", func() bool { return rec.count() == 1 })
+	if string(rec.delivered[m.ID]) != "from the old layout" {
+		t.Fatalf("delivered %v", rec.delivered)
+	}
+	for _, d := range []string{legacyMeta, legacySpare} {
+		if _, err := os.Stat(filepath.Join(dir, d)); err == nil {
+			t.Errorf("%s/ still there", d)
+		}
+	}
+	if got := files(t, filepath.Join(dir, dirCorrupt)); len(got) != 1 {
+		t.Errorf("corrupt/ holds %v, want the unreadable meta", got)
+	}
+}
+
+// TestQueue_FailedBodyKept: a failed message's body is kept intact in
+// failed/ while later messages come and go.
+func TestQueue_FailedBodyKept(t *testing.T) {
 	dir := t.TempDir()
 	rec := newRecorder(func(d *Delivery) Result {
 		if d.To[0] == "perm@x.y" {
@@ -893,11 +1106,11 @@ func TestQueue_FailedBodyNotRecycled(t *testing.T) {
 		}
 		return deliverAll(d)
 	})
-	q := open(t, dir, rec, nil)
+	q := open(t, dir, rec, func(o *Options) { o.SegmentMax = 4 << 10 })
 	failedID := enqueue(t, q, env("", "perm@x.y"), "keep this body")
 	waitFor(t, "failed", func() bool { m, _ := q.Get(failedID); return m.State == MsgFailed })
 	for i := range 30 {
-		enqueue(t, q, env("a@contoso.com", "ok@x.y"), fmt.Sprintf("overwrite attempt %d", i))
+		enqueue(t, q, env("a@contoso.com", "ok@x.y"), fmt.Sprintf("overwrite attempt %d %s", i, strings.Repeat("y", 500)))
 	}
 	waitFor(t, "delivered", func() bool { return rec.count() == 30 })
 	body, err := q.OpenBody(failedID)
