@@ -1140,3 +1140,52 @@ func TestQueue_PausedBeforeFirstMessageResumes(t *testing.T) {
 		t.Fatal("wrong message delivered")
 	}
 }
+
+func TestInspect_ReadsSpoolWithoutChangingIt(t *testing.T) {
+	dir := t.TempDir()
+	rec := newRecorder(func(d *Delivery) Result {
+		if d.To[0] == "perm@x.y" {
+			return allWith(d, Failed, permReply)
+		}
+		return allWith(d, Deferred, tempReply)
+	})
+	q := open(t, dir, rec, func(o *Options) {
+		o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour}
+		o.InlineMax = 10
+	})
+	small := enqueue(t, q, env("a@contoso.com", "later@x.y"), "small")
+	large := enqueue(t, q, env("a@contoso.com", "later@x.y"), "larger than ten bytes")
+	perm := enqueue(t, q, env("", "perm@x.y"), "failed one")
+	waitFor(t, "attempted", func() bool {
+		m, _ := q.Get(perm)
+		return len(q.List(Filter{State: MsgDeferred})) == 2 && m.State == MsgFailed
+	})
+	before := files(t, filepath.Join(dir, dirLog))
+	live, failed, err := Inspect(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 2 || live[0].ID != small || live[1].ID != large || live[0].Attempts != 1 || live[0].Recipients[0].Last.Code != 451 {
+		t.Fatalf("live %+v", live)
+	}
+	if len(failed) != 1 || failed[0].ID != perm {
+		t.Fatalf("failed %+v", failed)
+	}
+	for id, want := range map[string]string{small: "small", large: "larger than ten bytes", perm: "failed one"} {
+		r, err := InspectBody(dir, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(r)
+		r.Close()
+		if string(b) != want {
+			t.Errorf("%s: %q", id, b)
+		}
+	}
+	if _, err := InspectBody(dir, "0123456789abcdef0123"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+	if after := files(t, filepath.Join(dir, dirLog)); !slices.Equal(before, after) {
+		t.Errorf("log/ changed: %v → %v", before, after)
+	}
+}

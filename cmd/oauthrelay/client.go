@@ -242,7 +242,58 @@ func newQueueCmd() *cobra.Command {
 			},
 		}
 	}
-	cmd.AddCommand(list, show,
+	dump := &cobra.Command{
+		Use:   "dump [--spool DIR] [--body ID]",
+		Short: "Read the spool on disk (relay running or not): one JSON line per message, or a message's bytes",
+		Long: `dump reads the spool directly, read-only, so it works when the relay is
+stopped too. Without --body it prints one JSON object per line for every
+live message (latest state from log/) and every failed one (failed/), each
+with a "spool_state" of "live" or "failed", oldest first; pipe it to jq.
+With --body ID it writes that message's bytes as queued.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, _ := cmd.Flags().GetString("spool")
+			if dir == "" {
+				loaded, err := loadConfig(cmd)
+				if loaded == nil {
+					return err
+				}
+				dir = loaded.Config.Spool.Dir
+			}
+			if id, _ := cmd.Flags().GetString("body"); id != "" {
+				r, err := queue.InspectBody(dir, id)
+				if err != nil {
+					return err
+				}
+				defer r.Close()
+				_, err = io.Copy(cmd.OutOrStdout(), r)
+				return err
+			}
+			live, failed, err := queue.Inspect(dir)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			for _, set := range []struct {
+				state string
+				metas []*queue.Meta
+			}{{"live", live}, {"failed", failed}} {
+				for _, m := range set.metas {
+					if err := enc.Encode(struct {
+						SpoolState string `json:"spool_state"`
+						*queue.Meta
+					}{set.state, m}); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		},
+	}
+	dump.Flags().String("spool", "", "spool folder (default: spool.dir of the configuration)")
+	dump.Flags().String("body", "", "print this message's bytes instead")
+
+	cmd.AddCommand(list, show, dump,
 		action("retry ID", "Try a message again now", "POST", "/api/queue/{id}/retry", cobra.ExactArgs(1)),
 		action("delete ID", "Delete a message (live or failed) for good", "DELETE", "/api/queue/{id}", cobra.ExactArgs(1)),
 		action("flush", "Try every waiting message now", "POST", "/api/queue/flush", cobra.NoArgs),

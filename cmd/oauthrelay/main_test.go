@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/oauthrelay/oauthrelay/queue"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -82,5 +86,41 @@ func TestDemo_RunsEndToEnd(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestQueueDump_ReadsSpoolOffline(t *testing.T) {
+	dir := t.TempDir()
+	q, err := queue.Open(queue.Options{Dir: dir, Deliverer: queue.DelivererFunc(func(context.Context, *queue.Delivery) queue.Result {
+		return queue.Result{PauseAccount: "x"}
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Pause("helpdesk", "offline test")
+	id, err := q.Enqueue(context.Background(), queue.Envelope{From: "a@contoso.com", To: []string{"b@example.com"}, Account: "helpdesk"}, strings.NewReader("Subject: hi\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close(context.Background())
+
+	out, err := run(t, "queue", "dump", "--spool", dir)
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var m struct {
+		SpoolState string `json:"spool_state"`
+		ID         string `json:"id"`
+		Account    string `json:"account"`
+	}
+	if err := json.Unmarshal([]byte(out), &m); err != nil || m.ID != id || m.SpoolState != "live" || m.Account != "helpdesk" {
+		t.Fatalf("dump printed %q (%v)", out, err)
+	}
+	out, err = run(t, "queue", "dump", "--spool", dir, "--body", id)
+	if err != nil || out != "Subject: hi\r\n\r\nbody\r\n" {
+		t.Fatalf("body %q %v", out, err)
+	}
+	if _, err := run(t, "queue", "dump", "--spool", t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a spool") {
+		t.Fatalf("an empty folder must be refused clearly: %v", err)
 	}
 }
