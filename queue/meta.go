@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// MetaVersion is the on-disk format of meta files; bump it on incompatible change.
+// MetaVersion is the on-disk format of a meta (log records, failed/*.json); bump it on incompatible change.
 const MetaVersion = 1
 
 // RcptState is where one recipient stands.
@@ -61,7 +61,7 @@ type Envelope struct {
 	ClientAddr string
 }
 
-// Meta is a message's envelope and state, stored as meta/<id>.json.
+// Meta is a message's envelope and state, stored in the spool log (failed/<id>.json once failed).
 type Meta struct {
 	Version    int         `json:"version"`
 	ID         string      `json:"id"`

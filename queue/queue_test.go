@@ -1189,3 +1189,31 @@ func TestInspect_ReadsSpoolWithoutChangingIt(t *testing.T) {
 		t.Errorf("log/ changed: %v → %v", before, after)
 	}
 }
+
+// TestStore_FailedFdatasyncPoisonsSegment: after an fdatasync error nothing
+// written to that segment before is acknowledged (Linux reports the error
+// once; a later fdatasync could succeed over lost pages), and new messages
+// go to a fresh segment.
+func TestStore_FailedFdatasyncPoisonsSegment(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir, newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} }), nil)
+	q.Pause("helpdesk", "hold")
+	enqueue(t, q, env("a@contoso.com", "b@example.com"), "before")
+	segsBefore := len(files(t, filepath.Join(dir, dirLog)))
+	q.store.mu.Lock()
+	q.store.syncFault = func() error { return syscall.EIO }
+	q.store.mu.Unlock()
+	if _, err := q.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), strings.NewReader("during")); !errors.Is(err, ErrDiskTrouble) {
+		t.Fatalf("want ErrDiskTrouble, got %v", err)
+	}
+	q.store.mu.Lock()
+	q.store.syncFault = nil
+	q.store.mu.Unlock()
+	enqueue(t, q, env("a@contoso.com", "b@example.com"), "after")
+	if n := len(files(t, filepath.Join(dir, dirLog))); n != segsBefore+1 {
+		t.Errorf("%d segments, want a new one after the failed fdatasync (%d before)", n, segsBefore)
+	}
+	if n := len(q.List(Filter{})); n != 2 {
+		t.Errorf("%d messages listed, want the 2 acknowledged", n)
+	}
+}

@@ -91,6 +91,8 @@ type store struct {
 	// writeFault, set by tests, makes an append write part of its record
 	// and fail, as a full disk would.
 	writeFault func() error
+	// syncFault, set by tests, makes the log's fdatasync fail.
+	syncFault func() error
 
 	msgDir, failedDir, logDir *syncer
 	logSync                   *syncer // fdatasync of the current segment
@@ -112,6 +114,10 @@ type segment struct {
 	size int64
 	refs int   // live messages whose latest record or body is here
 	live int64 // bytes of those records
+	// poisoned: an fdatasync of it failed. Linux reports such an error
+	// once, so a later fdatasync may succeed although earlier writes were
+	// lost: no write to it that was not durable before is acknowledged.
+	poisoned bool
 }
 
 // loc is where a live message's latest record and its body are.
@@ -248,7 +254,7 @@ func (s *store) rotateLocked() error {
 	seq := uint64(1)
 	if s.cur != nil {
 		if err := fdatasync(s.cur.f); err != nil {
-			return err
+			s.cur.poisoned = true // its waiting writers fail; new ones go to the new segment
 		}
 		seq = s.cur.seq + 1
 	}
@@ -285,12 +291,32 @@ func (s *store) syncCurrent() error {
 		return fmt.Errorf("queue closed")
 	}
 	err := fdatasync(g.f)
+	s.mu.Lock()
+	if s.syncFault != nil && err == nil {
+		err = s.syncFault()
+	}
+	s.mu.Unlock()
 	if err != nil {
 		s.mu.Lock()
-		s.broken = true // after a failed fdatasync the page cache cannot be trusted
+		g.poisoned = true
+		s.broken = true // later records go to a new segment
 		s.mu.Unlock()
 	}
 	return err
+}
+
+// commit waits until a record written to g is durable (group commit).
+func (s *store) commit(g *segment) error {
+	err := s.logSync.sync()
+	s.mu.Lock()
+	if err == nil && g.poisoned {
+		err = errors.New("an earlier fdatasync of the log failed")
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	}
+	return nil
 }
 
 func (s *store) segment(seq uint64) *segment {
@@ -392,11 +418,11 @@ func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*
 		return nil, err
 	}
 	s.hook(StepRecordWritten)
-	if err := s.logSync.sync(); err != nil {
+	if err := s.commit(g); err != nil {
 		// Unacknowledged: cancel it so it is not delivered after a restart
 		// either (best effort; the client will send it again).
 		s.cancel(id)
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, err
 	}
 	s.hook(StepRecordSynced)
 	return m, nil
@@ -488,10 +514,7 @@ func (s *store) appendMeta(m *Meta, written func()) error {
 	if written != nil {
 		written()
 	}
-	if err := s.logSync.sync(); err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
-	}
-	return nil
+	return s.commit(g)
 }
 
 // cancel appends a removal for a message whose commit failed, without
@@ -508,7 +531,7 @@ func (s *store) cancel(id string) {
 func (s *store) removeLive(id string) error {
 	s.mu.Lock()
 	l := s.locs[id]
-	_, _, err := s.appendLocked(encodeRecord(recDone, []byte(id)))
+	g, _, err := s.appendLocked(encodeRecord(recDone, []byte(id)))
 	if err == nil {
 		s.dropLocLocked(id)
 	}
@@ -516,8 +539,8 @@ func (s *store) removeLive(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.logSync.sync(); err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+	if err := s.commit(g); err != nil {
+		return err
 	}
 	if l == nil || !l.inline {
 		os.Remove(s.path(dirMsg, id, ".eml"))
@@ -1020,7 +1043,16 @@ func (s *store) maintain() {
 }
 
 // collect deletes the oldest closed segments while nothing live is in them.
+// References move when a record is appended, before it is durable, so it
+// first waits for an fdatasync: the records that moved them away (a newer
+// state, a copy made by compaction) must be durable before the old ones go.
 func (s *store) collect() {
+	s.mu.Lock()
+	idle := len(s.segs) > 1 && s.segs[0].refs == 0
+	s.mu.Unlock()
+	if !idle || s.logSync.sync() != nil {
+		return
+	}
 	s.mu.Lock()
 	var gone []*segment
 	for len(s.segs) > 1 && s.segs[0].refs == 0 {
@@ -1270,7 +1302,12 @@ func Inspect(dir string) (live, failed []*Meta, err error) {
 			}
 		}
 	}
-	byArrival := func(a, b *Meta) int { return strings.Compare(a.ID, b.ID) }
+	byArrival := func(a, b *Meta) int {
+		if c := a.Arrived.Compare(b.Arrived); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	}
 	slices.SortFunc(live, byArrival)
 	slices.SortFunc(failed, byArrival)
 	return live, failed, nil
