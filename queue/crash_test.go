@@ -163,7 +163,7 @@ func crashChild() {
 		return res
 	})
 	q, err := Open(Options{Dir: dir, Deliverer: deliver, InlineMax: 1000, SegmentMax: 64 << 10,
-		Retry: RetryPolicy{Delays: []time.Duration{20 * time.Millisecond}, MaxAge: time.Hour},
+		Retry:  RetryPolicy{Delays: []time.Duration{20 * time.Millisecond}, MaxAge: time.Hour},
 		Bounce: func(context.Context, *Bounce) error { return nil }})
 	if err != nil {
 		panic(err)
