@@ -374,7 +374,7 @@ func (s *store) dropLocLocked(id string) {
 
 // ---- operations ----
 
-var inlinePool = sync.Pool{New: func() any { return new([]byte) }}
+var inlinePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
@@ -384,20 +384,17 @@ var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10
 // streamed into msg/ first. meta(size) builds the meta once the size is
 // known.
 func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*Meta, error) {
-	bp := inlinePool.Get().(*[]byte)
-	defer inlinePool.Put(bp)
-	if cap(*bp) < s.inlineMax+1 {
-		*bp = make([]byte, s.inlineMax+1)
-	}
-	buf := (*bp)[:s.inlineMax+1]
-	n, err := io.ReadFull(r, buf)
-	switch {
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
-		return s.enqueueInline(id, buf[:n], meta)
-	case err != nil:
+	buf := inlinePool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer inlinePool.Put(buf)
+	// Memory grows with the message, up to inlineMax per session.
+	if _, err := buf.ReadFrom(io.LimitReader(r, int64(s.inlineMax)+1)); err != nil {
 		return nil, readErr{err}
 	}
-	return s.enqueueFile(id, io.MultiReader(bytes.NewReader(buf), r), meta)
+	if buf.Len() <= s.inlineMax {
+		return s.enqueueInline(id, buf.Bytes(), meta)
+	}
+	return s.enqueueFile(id, io.MultiReader(buf, r), meta)
 }
 
 func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*Meta, error) {
