@@ -65,7 +65,9 @@ type DeliveryEvents struct {
 	Throttled  func(account string)
 	// Delivered is called once per message accepted upstream, with the
 	// reply and the time since the relay accepted it.
-	Delivered func(id, account string, reply queue.Reply, sinceAccepted time.Duration)
+	// Delivered reports a message Microsoft accepted; isBounce marks a DSN
+	// we made.
+	Delivered func(id, account string, reply queue.Reply, sinceAccepted time.Duration, isBounce bool)
 	// Deferred is called once per attempt that left a recipient deferred.
 	Deferred func(account string)
 }
@@ -487,7 +489,7 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 		res.Recipients = append(res.Recipients, queue.RcptResult{Addr: a, Outcome: queue.Delivered, Reply: r})
 	}
 	if d.events.Delivered != nil {
-		d.events.Delivered(dl.ID, u.Name, r, time.Since(dl.Arrived))
+		d.events.Delivered(dl.ID, u.Name, r, time.Since(dl.Arrived), dl.IsBounce)
 	}
 	d.recover(u)
 	return res, true

@@ -22,6 +22,9 @@ import (
 type Bouncer struct {
 	Queue    Enqueuer
 	Hostname string
+	// RemoteMTA names the upstream in the DSN's Remote-MTA field (the
+	// host of upstream.addr).
+	RemoteMTA string
 	// Mailbox returns the account's mailbox (the DSN's envelope sender:
 	// Microsoft 365 does not accept <>).
 	Mailbox func(account string) string
@@ -37,7 +40,7 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 		return fmt.Errorf("account %s is not configured; cannot send the bounce", bo.Meta.Account)
 	}
 	headers := originalHeaders(bo.Open)
-	msg := buildDSN(b.Hostname, mailbox, bo.Meta, bo.Failed, headers, time.Now())
+	msg := buildDSN(b.Hostname, b.RemoteMTA, mailbox, bo.Meta, bo.Failed, headers, time.Now())
 	id, err := b.Queue.Enqueue(ctx, queue.Envelope{
 		From: mailbox, To: []string{bo.Meta.From}, Account: bo.Meta.Account,
 		IsBounce: true, EightBit: true,
@@ -87,7 +90,7 @@ func dsnStatus(r queue.Reply) string {
 	return fmt.Sprintf("%d.0.0", r.Code/100)
 }
 
-func buildDSN(hostname, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
+func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
 	rnd := make([]byte, 12)
 	rand.Read(rnd)
 	boundary := "oauthrelay-" + hex.EncodeToString(rnd)
@@ -129,7 +132,10 @@ func buildDSN(hostname, mailbox string, m *queue.Meta, failed []queue.Recipient,
 		w("\r\nFinal-Recipient: rfc822; %s\r\n", r.Addr)
 		w("Action: failed\r\n")
 		w("Status: %s\r\n", dsnStatus(reply))
-		w("Remote-MTA: dns; smtp.office365.com\r\n")
+		// Only for a reply the upstream gave, not one we made (max age 4.4.7).
+		if r.Last != nil && r.Last.Enhanced != "4.4.7" && remoteMTA != "" {
+			w("Remote-MTA: dns; %s\r\n", remoteMTA)
+		}
 		w("Diagnostic-Code: smtp; %s\r\n", oneLine(reply.String()))
 		if !m.LastAttempt.IsZero() {
 			w("Last-Attempt-Date: %s\r\n", m.LastAttempt.Format(time.RFC1123Z))

@@ -45,7 +45,7 @@ func NewMetrics() *Metrics {
 	m.rejections = f("oauthrelay_smtp_rejections_total", "SMTP connections, commands or messages refused, by reason.", "reason")
 	m.accepted = f("oauthrelay_messages_accepted_total", "Messages accepted (250 after fsync), by account.", "account")
 	m.acceptedB = f("oauthrelay_messages_accepted_bytes_total", "Bytes of messages accepted, by account.", "account")
-	m.delivered = f("oauthrelay_messages_delivered_total", "Messages accepted by Microsoft 365, by account.", "account")
+	m.delivered = f("oauthrelay_messages_delivered_total", "Messages from clients accepted by Microsoft 365, by account (DSNs we send count in messages_bounced and upstream_messages).", "account")
 	m.deferred = f("oauthrelay_messages_deferred_total", "Delivery attempts that ended in a temporary failure, by account.", "account")
 	m.bounced = f("oauthrelay_messages_bounced_total", "Bounces (DSNs) sent to senders, by account.", "account")
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -114,12 +114,14 @@ func (m *Metrics) deliveryEvents(next DeliveryEvents) DeliveryEvents {
 				next.Throttled(account)
 			}
 		},
-		Delivered: func(id, account string, reply queue.Reply, since time.Duration) {
-			m.delivered.WithLabelValues(account).Inc()
+		Delivered: func(id, account string, reply queue.Reply, since time.Duration, isBounce bool) {
 			m.sent.WithLabelValues(account).Inc()
-			m.latency.Observe(since.Seconds())
+			if !isBounce { // a DSN was never accepted from a client: it counts as bounced, and sent upstream
+				m.delivered.WithLabelValues(account).Inc()
+				m.latency.Observe(since.Seconds())
+			}
 			if next.Delivered != nil {
-				next.Delivered(id, account, reply, since)
+				next.Delivered(id, account, reply, since, isBounce)
 			}
 		},
 		Deferred: func(account string) {

@@ -176,7 +176,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 	r.Delivery = NewDelivery(uc, ups, r.Tokens, nil, log, hooks.Delivery)
 
-	bouncer := &Bouncer{Hostname: c.Listen.Hostname, Mailbox: r.Tokens.Mailbox, Log: log,
+	bouncer := &Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: upstreamHost(c.Upstream.Addr), Mailbox: r.Tokens.Mailbox, Log: log,
 		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
 		Dir: c.Spool.Dir, Deliverer: r.Delivery, Bounce: bouncer.Bounce,
@@ -358,4 +358,12 @@ func (r *Relay) Abandon() {
 	if r.cancel != nil {
 		r.cancel()
 	}
+}
+
+// upstreamHost is the host part of upstream.addr.
+func upstreamHost(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }

@@ -76,14 +76,14 @@ func TestBuildDSN_RFC3464Parts(t *testing.T) {
 		{Addr: "a@x.test", Last: &queue.Reply{Code: 554, Enhanced: "5.2.252", Text: "SendAsDenied; mbx not allowed to send as app"}},
 		{Addr: "b@x.test", Last: &queue.Reply{Code: 451, Enhanced: "4.4.7", Text: "message expired"}},
 	}
-	dsn := string(buildDSN("relay.test", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
+	dsn := string(buildDSN("relay.test", "smtp.office365.com", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
 	for _, want := range []string{
 		"From: Mail Delivery System <mbx@contoso.com>\r\n", "To: <app@contoso.com>\r\n",
 		"Content-Type: multipart/report; report-type=delivery-status;",
 		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.test\r\n",
-		"Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: 5.2.252\r\n",
+		"Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: 5.2.252\r\nRemote-MTA: dns; smtp.office365.com\r\n",
 		"Diagnostic-Code: smtp; 554 5.2.252 SendAsDenied",
-		"Final-Recipient: rfc822; b@x.test\r\nAction: failed\r\nStatus: 4.4.7\r\n",
+		"Final-Recipient: rfc822; b@x.test\r\nAction: failed\r\nStatus: 4.4.7\r\nDiagnostic-Code", // no Remote-MTA: we made that reply
 		"Content-Type: text/rfc822-headers\r\n\r\nSubject: original\r\n",
 		"may not send as app@contoso.com",
 	} {

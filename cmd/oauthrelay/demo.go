@@ -93,7 +93,7 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 
 	delivered := make(chan string, 1)
 	r, err := relay.New(&c, log, relay.Hooks{Delivery: relay.DeliveryEvents{
-		Delivered: func(id, account string, reply queue.Reply, since time.Duration) {
+		Delivered: func(id, account string, reply queue.Reply, since time.Duration, _ bool) {
 			delivered <- fmt.Sprintf("%s (%s after it was accepted)", reply, since.Round(time.Millisecond))
 		},
 	}})
