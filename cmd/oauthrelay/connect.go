@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
@@ -95,10 +99,16 @@ func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager,
 		}
 	})
 	defer cancel()
-	srv := &http.Server{Handler: m.ConnectHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Without serve there is no admin login here: only whoever has the
+	// printed link (with its one-time key) may start a sign-in. The
+	// callback is bound to that start by its single-use state.
+	var k [16]byte
+	rand.Read(k[:])
+	key := hex.EncodeToString(k[:])
+	srv := &http.Server{Handler: keyedConnect(m.ConnectHandler(), key), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
-	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s\nWaiting…\n", relay.AdminPublicURL(c), url)
+	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s?key=%s\nWaiting…\n", relay.AdminPublicURL(c), url, key)
 	select {
 	case <-done:
 		time.Sleep(500 * time.Millisecond) // let the result page reach the browser
@@ -107,4 +117,15 @@ func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager,
 	case <-ctx.Done():
 		return errors.New("interrupted before the sign-in was completed")
 	}
+}
+
+// keyedConnect lets /connect/… through only with ?key=key.
+func keyedConnect(h http.Handler, key string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/connect/") && subtle.ConstantTimeCompare([]byte(r.URL.Query().Get("key")), []byte(key)) != 1 {
+			http.Error(w, "403: this Connect page is served by `oauthrelay connect`; open the exact link it printed (it carries a one-time key).", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

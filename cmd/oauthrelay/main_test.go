@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,5 +124,25 @@ func TestQueueDump_ReadsSpoolOffline(t *testing.T) {
 	}
 	if _, err := run(t, "queue", "dump", "--spool", t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a spool") {
 		t.Fatalf("an empty folder must be refused clearly: %v", err)
+	}
+}
+
+func TestConnectOneShot_NeedsThePrintedKey(t *testing.T) {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("connect flow")) })
+	h := keyedConnect(inner, "s3cret")
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{"/connect/helpdesk", 403},
+		{"/connect/helpdesk?key=wrong", 403},
+		{"/connect/helpdesk?key=s3cret", 200},
+		{"/oauth/callback?state=x", 200}, // guarded by its single-use state instead
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		if rec.Code != tc.code {
+			t.Errorf("%s: %d, want %d", tc.path, rec.Code, tc.code)
+		}
 	}
 }
