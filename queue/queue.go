@@ -247,6 +247,7 @@ func Open(opts Options) (*Queue, error) {
 	}
 	live, failed, err := st.recoverSpool()
 	if err != nil {
+		st.abort()
 		return nil, fmt.Errorf("queue: recovering %s: %w", opts.Dir, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

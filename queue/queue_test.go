@@ -1217,3 +1217,18 @@ func TestStore_FailedFdatasyncPoisonsSegment(t *testing.T) {
 		t.Errorf("%d messages listed, want the 2 acknowledged", n)
 	}
 }
+
+func TestQueue_OneRelayPerSpool(t *testing.T) {
+	dir := t.TempDir()
+	q1 := open(t, dir, newRecorder(nil), nil)
+	_, err := Open(Options{Dir: dir, Deliverer: newRecorder(nil)})
+	if err == nil || !strings.Contains(err.Error(), "in use by another oauthrelay") || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("a second queue on the same spool must be refused clearly: %v", err)
+	}
+	q1.Close(context.Background())
+	q2, err := Open(Options{Dir: dir, Deliverer: newRecorder(nil)})
+	if err != nil {
+		t.Fatalf("after Close the spool must open: %v", err)
+	}
+	q2.Close(context.Background())
+}

@@ -106,6 +106,7 @@ type store struct {
 	maint     chan struct{}
 	closed    chan struct{}
 	maintDone chan struct{}
+	lock      *os.File // spool/lock, flocked while open
 }
 
 type segment struct {
@@ -137,8 +138,12 @@ func openStore(dir string, step func(string), log *slog.Logger) (*store, error) 
 			return nil, fmt.Errorf("queue: spool.dir %s: %w", dir, err)
 		}
 	}
+	lock, err := lockSpool(filepath.Join(dir, "lock"))
+	if err != nil {
+		return nil, fmt.Errorf("queue: spool.dir %s is in use by another oauthrelay (only one may run on a spool; stop it or give this one its own spool.dir): %w", dir, err)
+	}
 	s := &store{
-		dir: dir, step: step, log: log,
+		dir: dir, step: step, log: log, lock: lock,
 		inlineMax: defaultInlineMax, segMax: defaultSegmentMax,
 		msgDir:    newDirSyncer(filepath.Join(dir, dirMsg)),
 		failedDir: newDirSyncer(filepath.Join(dir, dirFailed)),
@@ -183,6 +188,20 @@ func (s *store) close() {
 		g.f.Close()
 	}
 	s.segs, s.cur = nil, nil
+	if s.lock != nil {
+		s.lock.Close() // releases the flock
+	}
+}
+
+// abort releases what openStore and a failed recoverSpool took.
+func (s *store) abort() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.segs {
+		g.f.Close()
+	}
+	s.segs, s.cur = nil, nil
+	s.lock.Close()
 }
 
 // ---- records ----

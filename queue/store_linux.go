@@ -26,3 +26,17 @@ func fdatasync(f *os.File) error {
 	}
 	return serr
 }
+
+// lockSpool takes an exclusive flock on path (created if needed), so two
+// relays never share a spool. The kernel drops it when the process dies.
+func lockSpool(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
