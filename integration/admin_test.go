@@ -243,6 +243,9 @@ func TestMetrics_ScriptedRun(t *testing.T) {
 	if conns < 1 || conns > 4 {
 		t.Errorf("upstream connections %v for 5 upstream messages", conns)
 	}
+	if lb := text["oauthrelay_spool_log_bytes"]; lb < 100 {
+		t.Errorf("oauthrelay_spool_log_bytes = %v after 5 messages", lb)
+	}
 	if n := testutil.CollectAndCount(m.Registry(), "oauthrelay_delivery_latency_seconds"); n != 1 {
 		t.Errorf("latency histogram missing")
 	}

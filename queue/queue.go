@@ -949,6 +949,7 @@ type Stats struct {
 	ByAccount map[string]map[MessageState]int `json:"by_account"`
 	Oldest    time.Time                       `json:"oldest,omitzero"` // arrival of the oldest live message
 	Bytes     int64                           `json:"bytes"`           // message bodies (live and failed)
+	LogBytes  int64                           `json:"log_bytes"`       // the log segments on disk
 	Paused    map[string]string               `json:"paused,omitempty"`
 }
 
@@ -965,6 +966,7 @@ func (q *Queue) Stats() Stats {
 		st.ByAccount[account][state]++
 		st.Bytes += size
 	}
+	st.LogBytes = q.store.logBytes()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, it := range q.items {

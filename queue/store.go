@@ -204,6 +204,17 @@ func (s *store) abort() {
 	s.lock.Close()
 }
 
+// logBytes is the size of the log segments.
+func (s *store) logBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, g := range s.segs {
+		n += g.size
+	}
+	return n
+}
+
 // ---- records ----
 
 func encodeRecord(typ byte, parts ...[]byte) []byte {

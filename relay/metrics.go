@@ -140,6 +140,7 @@ type stateCollector struct {
 	depth  *prometheus.Desc
 	oldest *prometheus.Desc
 	bytes  *prometheus.Desc
+	logB   *prometheus.Desc
 	state  *prometheus.Desc
 	expiry *prometheus.Desc
 	last   *prometheus.Desc
@@ -150,6 +151,7 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 		depth:  prometheus.NewDesc("oauthrelay_queue_messages", "Messages in the queue, by state and account.", []string{"state", "account"}, nil),
 		oldest: prometheus.NewDesc("oauthrelay_queue_oldest_message_age_seconds", "Age of the oldest message waiting for delivery (0 if none).", nil, nil),
 		bytes:  prometheus.NewDesc("oauthrelay_spool_bytes", "Bytes of message bodies in the spool (live and failed).", nil, nil),
+		logB:   prometheus.NewDesc("oauthrelay_spool_log_bytes", "Bytes of the spool's log segments on disk: live records and garbage not yet reclaimed.", nil, nil),
 		state:  prometheus.NewDesc("oauthrelay_account_state", "1 for the account's current state (connected, needs_reconnect, misconfigured, not_connected).", []string{"account", "state"}, nil),
 		expiry: prometheus.NewDesc("oauthrelay_access_token_expiry_timestamp_seconds", "When the account's current access token expires (Unix time).", []string{"account"}, nil),
 		last:   prometheus.NewDesc("oauthrelay_refresh_token_last_refresh_timestamp_seconds", "When the account's refresh token was last used or renewed (Unix time).", []string{"account"}, nil),
@@ -157,7 +159,7 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.state, c.expiry, c.last} {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.logB, c.state, c.expiry, c.last} {
 		ch <- d
 	}
 }
@@ -192,4 +194,5 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(c.logB, prometheus.GaugeValue, float64(st.LogBytes))
 }
