@@ -328,9 +328,15 @@ func (s *store) syncCurrent() error {
 	s.mu.Unlock()
 	if err != nil {
 		s.mu.Lock()
+		defer s.mu.Unlock()
+		if g != s.cur {
+			// Rotated meanwhile: the rotation fdatasynced g (or poisoned
+			// it), and g may be closed and deleted by now. Records written
+			// since are in the new segment, for a later sync.
+			return nil
+		}
 		g.poisoned = true
 		s.broken = true // later records go to a new segment
-		s.mu.Unlock()
 	}
 	return err
 }
