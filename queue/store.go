@@ -410,7 +410,7 @@ func (s *store) dropLocLocked(id string) {
 
 // ---- operations ----
 
-var inlinePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+var inlinePool = sync.Pool{New: func() any { return new([]byte) }}
 
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
@@ -420,17 +420,35 @@ var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10
 // streamed into msg/ first. meta(size) builds the meta once the size is
 // known.
 func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*Meta, error) {
-	buf := inlinePool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer inlinePool.Put(buf)
-	// Memory grows with the message, up to inlineMax per session.
-	if _, err := buf.ReadFrom(io.LimitReader(r, int64(s.inlineMax)+1)); err != nil {
-		return nil, readErr{err}
+	bp := inlinePool.Get().(*[]byte)
+	defer inlinePool.Put(bp)
+	// Most mail fits in 16 KiB; a larger body gets one buffer of
+	// inlineMax+1 bytes, so memory is at most that per session.
+	b := (*bp)[:0]
+	if cap(b) < min(16<<10, s.inlineMax+1) {
+		b = make([]byte, 0, min(16<<10, s.inlineMax+1))
 	}
-	if buf.Len() <= s.inlineMax {
-		return s.enqueueInline(id, buf.Bytes(), meta)
+	limit := s.inlineMax + 1 // the pool may hold a larger buffer (another queue's)
+	for {
+		if len(b) >= limit {
+			*bp = b[:0]
+			return s.enqueueFile(id, io.MultiReader(bytes.NewReader(b), r), meta)
+		}
+		if len(b) == cap(b) {
+			b = append(make([]byte, 0, limit), b...)
+		}
+		n, err := r.Read(b[len(b):min(cap(b), limit)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			*bp = b[:0]
+			return nil, readErr{err}
+		}
 	}
-	return s.enqueueFile(id, io.MultiReader(buf, r), meta)
+	*bp = b[:0]
+	return s.enqueueInline(id, b, meta)
 }
 
 func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*Meta, error) {
