@@ -107,6 +107,9 @@ type store struct {
 	closed    chan struct{}
 	maintDone chan struct{}
 	lock      *os.File // spool/lock, flocked while open
+
+	inlineBufs sync.Pool // *[]byte for bodies kept in the log
+	fileBufs   sync.Pool // *bufio.Writer for bodies streamed to msg/
 }
 
 type segment struct {
@@ -410,25 +413,24 @@ func (s *store) dropLocLocked(id string) {
 
 // ---- operations ----
 
-var inlinePool = sync.Pool{New: func() any { return new([]byte) }}
-
-var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
-
 // enqueue stores a new message durably and returns only then; the caller
 // may acknowledge after that and not before. A body up to inlineMax is read
 // into memory and written with its meta as one log record; a larger one is
 // streamed into msg/ first. meta(size) builds the meta once the size is
 // known.
 func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*Meta, error) {
-	bp := inlinePool.Get().(*[]byte)
-	defer inlinePool.Put(bp)
+	bp, _ := s.inlineBufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer s.inlineBufs.Put(bp)
 	// Most mail fits in 16 KiB; a larger body gets one buffer of
 	// inlineMax+1 bytes, so memory is at most that per session.
 	b := (*bp)[:0]
 	if cap(b) < min(16<<10, s.inlineMax+1) {
 		b = make([]byte, 0, min(16<<10, s.inlineMax+1))
 	}
-	limit := s.inlineMax + 1 // the pool may hold a larger buffer (another queue's)
+	limit := s.inlineMax + 1
 	for {
 		if len(b) >= limit {
 			*bp = b[:0]
@@ -487,14 +489,17 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 	}
-	w := bufPool.Get().(*bufio.Writer)
+	w, _ := s.fileBufs.Get().(*bufio.Writer)
+	if w == nil {
+		w = bufio.NewWriterSize(nil, 64<<10)
+	}
 	w.Reset(f)
 	n, err := io.Copy(w, errReader{r})
 	if err == nil {
 		err = w.Flush()
 	}
 	w.Reset(nil)
-	bufPool.Put(w)
+	s.fileBufs.Put(w)
 	if err != nil {
 		f.Close()
 		os.Remove(tmp)
