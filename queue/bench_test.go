@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync"
 	"testing"
 )
 
@@ -68,5 +69,50 @@ func BenchmarkEnqueue35MB(b *testing.B) {
 		if _, err := q.Enqueue(context.Background(), e, io.LimitReader(zeros{}, size)); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkRecover20k measures Open on a spool holding 20,000 queued 4 KiB
+// messages (reading the whole log and rebuilding the schedule).
+//
+//	go test ./queue -run '^$' -bench Recover20k -benchtime 5x
+func BenchmarkRecover20k(b *testing.B) {
+	dir := b.TempDir()
+	hold := DelivererFunc(func(context.Context, *Delivery) Result { return Result{PauseAccount: "bench"} })
+	q, err := Open(Options{Dir: dir, Deliverer: hold})
+	if err != nil {
+		b.Fatal(err)
+	}
+	q.Pause("helpdesk", "benchmark: fill only")
+	e := env("a@contoso.com", "b@example.com")
+	var wg sync.WaitGroup
+	for w := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 1000 {
+				if _, err := q.Enqueue(context.Background(), e, bytes.NewReader(body4k)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+		_ = w
+	}
+	wg.Wait()
+	q.Close(context.Background())
+	b.ReportAllocs()
+	for b.Loop() {
+		q, err := Open(Options{Dir: dir, Deliverer: hold})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if n := len(q.List(Filter{})); n != 20000 {
+			b.Fatalf("%d messages after reopening", n)
+		}
+		q.Pause("helpdesk", "bench")
+		q.Close(context.Background())
+		b.StartTimer()
 	}
 }

@@ -793,6 +793,7 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, bad func(off
 	}
 	off := int64(len(segMagic))
 	var hdr [recHeader]byte
+	var buf []byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			if err == io.EOF {
@@ -804,7 +805,10 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, bad func(off
 		if n < 1 || n > recMax {
 			return off, fmt.Errorf("bad record length %d at offset %d", n, off)
 		}
-		payload := make([]byte, n-1)
+		if cap(buf) < int(n-1) {
+			buf = make([]byte, n-1)
+		}
+		payload := buf[:n-1] // reused: nothing below keeps it
 		if _, err := io.ReadFull(r, payload); err != nil {
 			return off, fmt.Errorf("torn record at offset %d", off)
 		}
