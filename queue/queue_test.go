@@ -143,14 +143,9 @@ func enqueue(t *testing.T, q *Queue, e Envelope, body string) string {
 // messages' latest state, without changing anything.
 func onDisk(t *testing.T, dir string) map[string]*Meta {
 	t.Helper()
-	st := &store{dir: dir}
-	seqs, err := st.segments()
+	live, err := inspectLog(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	live := map[string]*scanned{}
-	for _, seq := range seqs {
-		scanSegment(st.segPath(seq), seq, live, func(int64, []byte, error) {})
 	}
 	out := map[string]*Meta{}
 	for id, sc := range live {

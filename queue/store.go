@@ -135,6 +135,22 @@ type loc struct {
 	bodyLen  int64
 }
 
+// newLoc is where a message stands after a record of type typ, recLen
+// bytes long, written at off in segment seq: a recNew record holds the
+// body in its last bodyLen bytes; a recMeta record keeps prev's body (a
+// msg/ file when prev is nil or has none).
+func newLoc(seq uint64, off, recLen int64, typ byte, bodyLen int64, prev *loc) *loc {
+	l := &loc{metaSeg: seq, metaOff: off, metaSize: recLen}
+	switch {
+	case typ == recNew:
+		l.metaSize = recLen - bodyLen
+		l.inline, l.bodySeg, l.bodyOff, l.bodyLen = true, seq, off+recLen-bodyLen, bodyLen
+	case prev != nil && prev.inline:
+		l.inline, l.bodySeg, l.bodyOff, l.bodyLen = true, prev.bodySeg, prev.bodyOff, prev.bodyLen
+	}
+	return l
+}
+
 func openStore(dir string, step func(string), log *slog.Logger) (*store, error) {
 	for _, d := range []string{"", dirTmp, dirMsg, dirLog, dirFailed, dirCorrupt} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
@@ -185,18 +201,11 @@ func (s *store) close() {
 	}
 	close(s.closed)
 	<-s.maintDone
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, g := range s.segs {
-		g.f.Close()
-	}
-	s.segs, s.cur = nil, nil
-	if s.lock != nil {
-		s.lock.Close() // releases the flock
-	}
+	s.abort()
 }
 
-// abort releases what openStore and a failed recoverSpool took.
+// abort closes the segments and releases the spool's flock: the end of
+// close, and all there is to undo when recoverSpool fails.
 func (s *store) abort() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -239,6 +248,18 @@ func newRecord(meta, body []byte) []byte {
 	var l [4]byte
 	binary.LittleEndian.PutUint32(l[:], uint32(len(meta)))
 	return encodeRecord(recNew, l[:], meta, body)
+}
+
+// splitNew splits a recNew payload into meta and body.
+func splitNew(payload []byte) (meta, body []byte, ok bool) {
+	if len(payload) < 4 {
+		return nil, nil, false
+	}
+	ml := int(binary.LittleEndian.Uint32(payload))
+	if ml > len(payload)-4 {
+		return nil, nil, false
+	}
+	return payload[4 : 4+ml], payload[4+ml:], true
 }
 
 func encodeMeta(m *Meta) ([]byte, error) {
@@ -301,7 +322,7 @@ func (s *store) rotateLocked() error {
 		return err
 	}
 	// The new name must be durable before any record in it is acknowledged.
-	if err := syncDir(filepath.Join(s.dir, dirLog)); err != nil {
+	if err := s.logDir.sync(); err != nil {
 		f.Close()
 		os.Remove(s.segPath(seq))
 		return err
@@ -325,13 +346,11 @@ func (s *store) syncCurrent() error {
 	}
 	err := fdatasync(g.f)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.syncFault != nil && err == nil {
 		err = s.syncFault()
 	}
-	s.mu.Unlock()
 	if err != nil {
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		if g != s.cur {
 			// Rotated meanwhile: the rotation fdatasynced g (or poisoned
 			// it), and g may be closed and deleted by now. Records written
@@ -423,17 +442,16 @@ func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*M
 	if bp == nil {
 		bp = new([]byte)
 	}
-	defer s.inlineBufs.Put(bp)
 	// Most mail fits in 16 KiB; a larger body gets one buffer of
 	// inlineMax+1 bytes, so memory is at most that per session.
-	b := (*bp)[:0]
-	if cap(b) < min(16<<10, s.inlineMax+1) {
-		b = make([]byte, 0, min(16<<10, s.inlineMax+1))
-	}
 	limit := s.inlineMax + 1
+	b := (*bp)[:0]
+	if cap(b) < min(16<<10, limit) {
+		b = make([]byte, 0, min(16<<10, limit))
+	}
+	defer func() { *bp = b[:0]; s.inlineBufs.Put(bp) }() // after the body is written
 	for {
 		if len(b) >= limit {
-			*bp = b[:0]
 			return s.enqueueFile(id, io.MultiReader(bytes.NewReader(b), r), meta)
 		}
 		if len(b) == cap(b) {
@@ -442,15 +460,12 @@ func (s *store) enqueue(id string, r io.Reader, meta func(size int64) *Meta) (*M
 		n, err := r.Read(b[len(b):min(cap(b), limit)])
 		b = b[:len(b)+n]
 		if err == io.EOF {
-			break
+			return s.enqueueInline(id, b, meta)
 		}
 		if err != nil {
-			*bp = b[:0]
 			return nil, readErr{err}
 		}
 	}
-	*bp = b[:0]
-	return s.enqueueInline(id, b, meta)
 }
 
 func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*Meta, error) {
@@ -463,8 +478,7 @@ func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*
 	s.mu.Lock()
 	g, off, err := s.appendLocked(rec)
 	if err == nil {
-		s.setLocLocked(id, &loc{metaSeg: g.seq, metaOff: off, metaSize: int64(len(rec)) - int64(len(body)),
-			inline: true, bodySeg: g.seq, bodyOff: off + int64(len(rec)-len(body)), bodyLen: int64(len(body))})
+		s.setLocLocked(id, newLoc(g.seq, off, int64(len(rec)), recNew, int64(len(body)), nil))
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -557,11 +571,7 @@ func (s *store) appendMeta(m *Meta, written func()) error {
 	s.mu.Lock()
 	g, off, err := s.appendLocked(rec)
 	if err == nil {
-		l := &loc{metaSeg: g.seq, metaOff: off, metaSize: int64(len(rec))}
-		if old := s.locs[m.ID]; old != nil && old.inline {
-			l.inline, l.bodySeg, l.bodyOff, l.bodyLen = true, old.bodySeg, old.bodyOff, old.bodyLen
-		}
-		s.setLocLocked(m.ID, l)
+		s.setLocLocked(m.ID, newLoc(g.seq, off, int64(len(rec)), recMeta, 0, s.locs[m.ID]))
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -821,27 +831,22 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, bad func(off
 		case recNew, recMeta:
 			mb, body := payload, []byte(nil)
 			if hdr[8] == recNew {
-				if len(payload) < 4 || int(binary.LittleEndian.Uint32(payload)) > len(payload)-4 {
+				var ok bool
+				if mb, body, ok = splitNew(payload); !ok {
 					bad(off, append(hdr[:], payload...), errors.New("bad meta length"))
 					break
 				}
-				ml := int(binary.LittleEndian.Uint32(payload))
-				mb, body = payload[4:4+ml], payload[4+ml:]
 			}
 			m, err := parseMeta(mb)
 			if err != nil {
 				bad(off, append(hdr[:], payload...), err)
 				break
 			}
-			sc := &scanned{meta: m, loc: loc{metaSeg: seq, metaOff: off, metaSize: size}}
-			if hdr[8] == recNew {
-				sc.loc.metaSize = size - int64(len(body))
-				sc.loc.inline, sc.loc.bodySeg, sc.loc.bodyLen = true, seq, int64(len(body))
-				sc.loc.bodyOff = off + size - int64(len(body))
-			} else if old := live[m.ID]; old != nil && old.loc.inline {
-				sc.loc.inline, sc.loc.bodySeg, sc.loc.bodyOff, sc.loc.bodyLen = true, old.loc.bodySeg, old.loc.bodyOff, old.loc.bodyLen
+			var prev *loc
+			if old := live[m.ID]; old != nil {
+				prev = &old.loc
 			}
-			live[m.ID] = sc
+			live[m.ID] = &scanned{meta: m, loc: *newLoc(seq, off, size, hdr[8], int64(len(body)), prev)}
 		case recDone:
 			delete(live, string(payload))
 		default:
@@ -1060,7 +1065,7 @@ func (s *store) importLegacy(byID map[string]*scanned) error {
 		if err != nil {
 			return err
 		}
-		byID[id] = &scanned{meta: m, loc: loc{metaSeg: g.seq, metaOff: off, metaSize: int64(len(rec))}}
+		byID[id] = &scanned{meta: m, loc: *newLoc(g.seq, off, int64(len(rec)), recMeta, 0, nil)}
 		imported = append(imported, id)
 	}
 	if err := s.logSync.sync(); err != nil {
@@ -1200,15 +1205,15 @@ func (s *store) relocate(id string, seq uint64) error {
 	}
 	mb := payload
 	if hdr[8] == recNew {
-		mb = payload[4 : 4+binary.LittleEndian.Uint32(payload)]
+		mb, _, _ = splitNew(payload) // checked when written or scanned
 	}
-	var rec []byte
+	typ, rec := byte(recMeta), []byte(nil)
 	if l.inline {
 		body := make([]byte, l.bodyLen)
 		if _, err := bg.f.ReadAt(body, l.bodyOff); err != nil {
 			return err
 		}
-		rec = newRecord(mb, body)
+		typ, rec = recNew, newRecord(mb, body)
 	} else {
 		rec = encodeRecord(recMeta, mb)
 	}
@@ -1216,12 +1221,7 @@ func (s *store) relocate(id string, seq uint64) error {
 	if err != nil {
 		return err
 	}
-	nl := &loc{metaSeg: g.seq, metaOff: off, metaSize: int64(len(rec))}
-	if l.inline {
-		nl.metaSize -= l.bodyLen
-		nl.inline, nl.bodySeg, nl.bodyOff, nl.bodyLen = true, g.seq, off+int64(len(rec))-l.bodyLen, l.bodyLen
-	}
-	s.setLocLocked(id, nl)
+	s.setLocLocked(id, newLoc(g.seq, off, int64(len(rec)), typ, l.bodyLen, nil))
 	return nil
 }
 
@@ -1387,7 +1387,7 @@ func InspectBody(dir, id string) (io.ReadCloser, error) {
 		s := &store{dir: dir, locs: map[string]*loc{id: &sc.loc}}
 		return s.openBody(id)
 	}
-	f, err := os.Open(filepath.Join(dir, dirFailed, id+".eml"))
+	f, err := (&store{dir: dir}).openFailedBody(id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
