@@ -2,12 +2,9 @@ package integration
 
 import (
 	"bytes"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/relay"
 )
 
@@ -15,30 +12,6 @@ import (
 func body4k(i int) string {
 	head := message(i, mailbox, "bob@example.com", "")
 	return head + string(bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), (4096-len(head))/64))
-}
-
-// pump sends n messages over `clients` persistent SMTP connections.
-func pump(b *testing.B, addr string, n, clients int) {
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl, err := smtp.Dial(addr)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			defer cl.Close()
-			for i := c; i < n; i += clients {
-				if _, err := sendOn(cl, mailbox, []string{"bob@example.com"}, body4k(i), nil); err != nil {
-					b.Error(fmt.Errorf("message %d: %w", i, err))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // BenchmarkAcceptDurable20Clients: 20 concurrent SMTP clients, 4 KiB
@@ -50,7 +23,7 @@ func BenchmarkAcceptDurable20Clients(b *testing.B) {
 	h.relay.Queue.Pause("helpdesk", "benchmark: accept only")
 	b.SetBytes(4096)
 	b.ResetTimer()
-	pump(b, h.relay.SMTPAddr(), b.N, 20)
+	sendMany(b, h.relay.SMTPAddr(), b.N, 20, body4k)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
@@ -65,7 +38,7 @@ func BenchmarkEndToEnd20Clients(b *testing.B) {
 	h.connect()
 	b.SetBytes(4096)
 	b.ResetTimer()
-	pump(b, h.relay.SMTPAddr(), b.N, 20)
+	sendMany(b, h.relay.SMTPAddr(), b.N, 20, body4k)
 	got := len(h.fake.SMTP.WaitMessages(b.N, 5*time.Minute))
 	b.StopTimer()
 	if got < b.N {

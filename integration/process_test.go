@@ -131,8 +131,8 @@ func processConfig(t testing.TB) (*fakem365.M365, *configs.Config, string) {
 	return fake, c, file
 }
 
-// sendMany sends n messages with `clients` concurrent SMTP clients and
-// returns their queue replies' count.
+// sendMany sends n messages with `clients` persistent SMTP connections at
+// once; any failed send fails the test.
 func sendMany(t testing.TB, addr string, n, clients int, body func(i int) string) {
 	t.Helper()
 	var wg sync.WaitGroup
