@@ -64,14 +64,14 @@ func TestQueue_KillDuringLoad(t *testing.T) {
 		for !killed {
 			select {
 			case l := <-lines:
-				record(l, acked, finished)
+				noteLine(l, acked, finished)
 			case <-deadline:
 				cmd.Process.Signal(syscall.SIGKILL)
 				killed = true
 			}
 		}
 		for l := range lines {
-			record(l, acked, finished)
+			noteLine(l, acked, finished)
 		}
 		cmd.Wait()
 		if len(acked) < 50 {
@@ -113,7 +113,7 @@ func TestQueue_KillDuringLoad(t *testing.T) {
 	}
 }
 
-func record(l string, acked map[string]int, finished map[string]bool) {
+func noteLine(l string, acked map[string]int, finished map[string]bool) {
 	f := strings.Fields(l)
 	switch {
 	case len(f) == 3 && f[0] == "ACK":

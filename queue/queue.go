@@ -141,6 +141,10 @@ type Options struct {
 	// SegmentMax: a log segment is closed once it holds this many bytes.
 	// 0 means 16 MiB.
 	SegmentMax int64
+	// DiskReserve: bytes kept allocated in spool/reserve and released when
+	// the disk fills, so queued mail can still be delivered (its attempt
+	// and removal records need room). 0 means 8 MiB; negative: none.
+	DiskReserve int64
 }
 
 // Errors returned by operations.
@@ -244,6 +248,9 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if opts.SegmentMax > 0 {
 		st.segMax = opts.SegmentMax
+	}
+	if opts.DiskReserve != 0 {
+		st.reserve = max(opts.DiskReserve, 0)
 	}
 	live, failed, err := st.recoverSpool()
 	if err != nil {
@@ -939,8 +946,13 @@ func (q *Queue) Requeue(id string) (string, error) {
 	return m.ID, nil
 }
 
-// CheckWritable reports whether the spool accepts a durable write now.
+// CheckWritable reports whether the spool accepts a durable write now
+// (ErrDiskFull while its disk is full).
 func (q *Queue) CheckWritable() error { return q.store.checkWritable() }
+
+// DiskFull reports whether new mail is refused because the spool's disk is
+// full, and since when.
+func (q *Queue) DiskFull() (since time.Time, full bool) { return q.store.diskFull() }
 
 // Stats summarises the queue.
 type Stats struct {

@@ -271,11 +271,14 @@ func TestStore_TornLogTail(t *testing.T) {
 	for _, tail := range []struct {
 		name string
 		junk func(rec []byte) []byte
+		// damage: not an interrupted append (the record is all there but
+		// wrong), so a copy goes to corrupt/ and an error is logged.
+		damage bool
 	}{
-		{"half a record", func(rec []byte) []byte { return rec[:len(rec)/2] }},
-		{"header only", func(rec []byte) []byte { return rec[:recHeader-3] }},
-		{"zeros", func([]byte) []byte { return make([]byte, 4096) }},
-		{"bad checksum", func(rec []byte) []byte { r := bytes.Clone(rec); r[len(r)-1] ^= 0xff; return r }},
+		{"half a record", func(rec []byte) []byte { return rec[:len(rec)/2] }, false},
+		{"header only", func(rec []byte) []byte { return rec[:recHeader-3] }, false},
+		{"zeros", func([]byte) []byte { return make([]byte, 4096) }, false},
+		{"bad checksum", func(rec []byte) []byte { r := bytes.Clone(rec); r[len(r)-1] ^= 0xff; return r }, true},
 	} {
 		t.Run(tail.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -300,7 +303,11 @@ func TestStore_TornLogTail(t *testing.T) {
 			if fileSize(t, last) >= sizeBefore {
 				t.Error("torn tail not cut off")
 			}
-			if !strings.Contains(logs.String(), "unacknowledged partial record") {
+			if want := "unacknowledged partial record"; tail.damage {
+				if !strings.Contains(logs.String(), "damaged log segment") {
+					t.Errorf("damage not logged: %s", logs.String())
+				}
+			} else if !strings.Contains(logs.String(), want) {
 				t.Errorf("cut not logged: %s", logs.String())
 			}
 			waitFor(t, "the kept message delivered", func() bool { return rec.count() == 1 })
@@ -313,8 +320,10 @@ func TestStore_TornLogTail(t *testing.T) {
 			if string(rec.delivered[after]) != "after" {
 				t.Fatal("message after the cut not delivered intact")
 			}
-			if n := len(files(t, filepath.Join(dir, dirCorrupt))); n != 0 {
+			if n := len(files(t, filepath.Join(dir, dirCorrupt))); !tail.damage && n != 0 {
 				t.Errorf("a torn tail is not damage: corrupt/ has %d files", n)
+			} else if tail.damage && n != 1 {
+				t.Errorf("damage not copied to corrupt/: %d files", n)
 			}
 			if live := onDisk(t, dir); len(live) != 0 {
 				t.Errorf("log still says live: %v", live)
@@ -790,9 +799,10 @@ func TestQueue_DiskTroubleFailsEnqueueOnly(t *testing.T) {
 	q := open(t, dir, rec, func(o *Options) { o.Retry = RetryPolicy{Delays: []time.Duration{time.Hour}, MaxAge: 24 * time.Hour} })
 	kept := enqueue(t, q, env("a@contoso.com", "b@example.com"), "keep me")
 	<-rec.ch
-	// A full disk: the log append writes half its record and fails.
+	// A failing disk: the log append writes half its record and fails.
+	// (A full disk is TestQueue_FullDisk.)
 	q.store.mu.Lock()
-	q.store.writeFault = func() error { return syscall.ENOSPC }
+	q.store.writeFault = func() error { return syscall.EIO }
 	q.store.mu.Unlock()
 	_, err := q.Enqueue(context.Background(), env("a@contoso.com", "b@example.com"), strings.NewReader("lost?"))
 	if !errors.Is(err, ErrDiskTrouble) {

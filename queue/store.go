@@ -3,11 +3,9 @@ package queue
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -17,6 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 )
 
 // This file is the only one that touches the disk.
@@ -67,20 +68,14 @@ const (
 )
 
 const (
-	recNew  = 'N' // [4 meta length][meta JSON][body]: a message, body inline
-	recMeta = 'M' // [meta JSON]: a message's new state (body unchanged)
-	recDone = 'D' // [id]: the message left the live queue
-
-	recHeader = 9       // [4 payload length][4 CRC-32C of type+payload][1 type]
-	recMax    = 8 << 20 // a longer length field is damage, not a record
-
-	segMagic = "oauthrelay spool log v1\n"
-
 	defaultInlineMax  = 128 << 10
 	defaultSegmentMax = 16 << 20
+	// defaultReserve is kept preallocated in spool/reserve and released
+	// when the disk fills, so recovery, attempt and removal records can
+	// still be written and the mail that would free the space can leave.
+	// 8 MiB holds the records of some 15,000 deliveries.
+	defaultReserve = 8 << 20
 )
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 type store struct {
 	dir       string
@@ -88,6 +83,7 @@ type store struct {
 	log       *slog.Logger
 	inlineMax int
 	segMax    int64
+	reserve   int64 // bytes of spool/reserve; 0: none
 	// writeFault, set by tests, makes an append write part of its record
 	// and fail, as a full disk would.
 	writeFault func() error
@@ -103,6 +99,12 @@ type store struct {
 	locs   map[string]*loc
 	broken bool // the last write or sync failed: start a new segment
 
+	// full: a write found the disk full. New mail is refused (452 4.3.1)
+	// while state records go on into the space spool/reserve gave back,
+	// until the reserve can be laid down again with room to spare.
+	full      atomic.Bool
+	fullSince time.Time // guarded by mu
+
 	maint     chan struct{}
 	closed    chan struct{}
 	maintDone chan struct{}
@@ -113,11 +115,12 @@ type store struct {
 }
 
 type segment struct {
-	seq  uint64
-	f    *os.File
-	size int64
-	refs int   // live messages whose latest record or body is here
-	live int64 // bytes of those records
+	seq    uint64
+	f      *os.File
+	format segFormat
+	size   int64
+	refs   int   // live messages whose latest record or body is here
+	live   int64 // bytes of those records
 	// poisoned: an fdatasync of it failed. Linux reports such an error
 	// once, so a later fdatasync may succeed although earlier writes were
 	// lost: no write to it that was not durable before is acknowledged.
@@ -163,7 +166,7 @@ func openStore(dir string, step func(string), log *slog.Logger) (*store, error) 
 	}
 	s := &store{
 		dir: dir, step: step, log: log, lock: lock,
-		inlineMax: defaultInlineMax, segMax: defaultSegmentMax,
+		inlineMax: defaultInlineMax, segMax: defaultSegmentMax, reserve: defaultReserve,
 		msgDir:    newDirSyncer(filepath.Join(dir, dirMsg)),
 		failedDir: newDirSyncer(filepath.Join(dir, dirFailed)),
 		logDir:    newDirSyncer(filepath.Join(dir, dirLog)),
@@ -229,40 +232,12 @@ func (s *store) logBytes() int64 {
 
 // ---- records ----
 
-func encodeRecord(typ byte, parts ...[]byte) []byte {
-	n := 1
-	for _, p := range parts {
-		n += len(p)
-	}
-	b := make([]byte, recHeader-1, recHeader-1+n)
-	binary.LittleEndian.PutUint32(b, uint32(n))
-	b = append(b, typ)
-	for _, p := range parts {
-		b = append(b, p...)
-	}
-	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(b[8:], crcTable))
-	return b
-}
-
-func newRecord(meta, body []byte) []byte {
-	var l [4]byte
-	binary.LittleEndian.PutUint32(l[:], uint32(len(meta)))
-	return encodeRecord(recNew, l[:], meta, body)
-}
-
-// splitNew splits a recNew payload into meta and body.
-func splitNew(payload []byte) (meta, body []byte, ok bool) {
-	if len(payload) < 4 {
-		return nil, nil, false
-	}
-	ml := int(binary.LittleEndian.Uint32(payload))
-	if ml > len(payload)-4 {
-		return nil, nil, false
-	}
-	return payload[4 : 4+ml], payload[4+ml:], true
-}
-
+// encodeMeta encodes a meta for a record; a meta recovery would refuse is
+// an error here instead.
 func encodeMeta(m *Meta) ([]byte, error) {
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("queue: refusing to write an invalid meta: %w", err)
+	}
 	return json.Marshal(m)
 }
 
@@ -271,14 +246,49 @@ func encodeMeta(m *Meta) ([]byte, error) {
 // appendLocked writes rec at the end of the current segment (a new one if
 // it is full or a write failed) and returns the segment and offset. The
 // record is not durable until s.logSync.sync() returns. Caller holds s.mu.
-func (s *store) appendLocked(rec []byte) (*segment, int64, error) {
-	if s.cur == nil {
-		return nil, 0, fmt.Errorf("%w: queue closed", ErrDiskTrouble)
+//
+// A record longer than recovery reads is refused (ErrRecordTooLarge). New
+// mail (newMail) is refused while the disk is full; any other record that
+// meets a full disk releases spool/reserve and is written into that space.
+func (s *store) appendLocked(rec []byte, newMail bool) (*segment, int64, error) {
+	if len(rec)-recHeader+1 > recMax {
+		return nil, 0, ErrRecordTooLarge
 	}
-	if s.broken || s.cur.size+int64(len(rec)) > s.segMax && s.cur.size > int64(len(segMagic)) {
-		if err := s.rotateLocked(); err != nil {
+	if newMail && s.full.Load() {
+		return nil, 0, ErrDiskFull
+	}
+	for try := 0; ; try++ {
+		g, off, err := s.writeLocked(rec)
+		if err == nil {
+			return g, off, nil
+		}
+		if !isNoSpace(err) {
 			return nil, 0, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
 		}
+		released := s.diskFullLocked(err)
+		if released {
+			// Turn the reserve's space into a preallocated segment at
+			// once, before another program takes it: state records
+			// need it, even after a restart on a disk still full.
+			s.rotateLocked()
+		}
+		if newMail || !released || try > 0 {
+			return nil, 0, fmt.Errorf("%w: %v", ErrDiskFull, err)
+		}
+	}
+}
+
+func (s *store) writeLocked(rec []byte) (*segment, int64, error) {
+	if s.cur == nil || s.broken || s.cur.size+int64(len(rec)) > s.segMax && s.cur.size > int64(len(segMagic)) {
+		select {
+		case <-s.closed:
+			return nil, 0, errors.New("queue closed")
+		default:
+		}
+		if err := s.rotateLocked(); err != nil && (s.cur == nil || s.cur.poisoned || s.broken || !isNoSpace(err)) {
+			return nil, 0, err
+		}
+		// No room for a new segment: the current one takes the record.
 	}
 	g := s.cur
 	off := g.size
@@ -297,10 +307,104 @@ func (s *store) appendLocked(rec []byte) (*segment, int64, error) {
 		if g.f.Truncate(off) != nil {
 			s.broken = true
 		}
-		return nil, 0, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, 0, err
 	}
 	g.size += int64(len(rec))
 	return g, off, nil
+}
+
+// ErrDiskFull: the spool's disk is full. New mail is refused with 452 4.3.1
+// until there is room again; queued mail is still delivered.
+var ErrDiskFull = fmt.Errorf("%w: the spool's disk is full", ErrDiskTrouble)
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// diskFullLocked enters the disk-full state (logging it once) and releases
+// spool/reserve; it reports whether that freed space now. Caller holds s.mu.
+func (s *store) diskFullLocked(cause error) bool {
+	if !s.full.Swap(true) {
+		s.fullSince = time.Now()
+		s.log.Error("queue: the spool's disk is full: new mail is refused with 452 4.3.1 until there is room; queued mail is still delivered", "dir", s.dir, "error", cause.Error())
+	}
+	err := os.Remove(filepath.Join(s.dir, "reserve"))
+	if err == nil {
+		s.log.Warn("queue: released spool/reserve so deliveries can record their progress", "bytes", s.reserve)
+		return true
+	}
+	return false
+}
+
+// DiskFull reports since when the spool's disk has been full.
+func (s *store) diskFull() (time.Time, bool) {
+	if !s.full.Load() {
+		return time.Time{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fullSince, true
+}
+
+// layReserve makes sure spool/reserve holds s.reserve bytes of allocated
+// space. While the disk is full it succeeds only with as much room again to
+// spare, and then leaves the disk-full state.
+func (s *store) layReserve() error {
+	if s.reserve <= 0 {
+		if s.full.Load() {
+			if free, err := freeSpace(s.dir); err != nil || free < 2*defaultReserve {
+				return fmt.Errorf("%w: %d bytes free", ErrDiskFull, free)
+			}
+			s.leaveFull()
+		}
+		return nil
+	}
+	p := filepath.Join(s.dir, "reserve")
+	if info, err := os.Stat(p); err == nil && info.Size() >= s.reserve && !s.full.Load() {
+		return nil
+	}
+	if s.full.Load() {
+		if free, err := freeSpace(s.dir); err != nil || free < 2*s.reserve {
+			return fmt.Errorf("%w: %d bytes free", ErrDiskFull, free)
+		}
+	}
+	tmp := filepath.Join(s.dir, dirTmp, "reserve")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = preallocate(f, s.reserve)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		if isNoSpace(err) {
+			s.mu.Lock()
+			s.diskFullLocked(err)
+			s.mu.Unlock()
+			return fmt.Errorf("%w: %v", ErrDiskFull, err)
+		}
+		return fmt.Errorf("%w: spool/reserve: %v", ErrDiskTrouble, err)
+	}
+	if s.full.Load() {
+		s.leaveFull()
+	}
+	return nil
+}
+
+func (s *store) leaveFull() {
+	s.mu.Lock()
+	since := s.fullSince
+	s.mu.Unlock()
+	if s.full.Swap(false) {
+		s.log.Info("queue: the spool's disk has room again; accepting new mail", "dir", s.dir, "was_full_for", time.Since(since).Round(time.Second).String())
+	}
 }
 
 // rotateLocked makes the current segment durable and starts a new one.
@@ -321,13 +425,21 @@ func (s *store) rotateLocked() error {
 		os.Remove(s.segPath(seq))
 		return err
 	}
+	// Allocate the segment's blocks now (its size stays as written), so
+	// appends to it never meet a full disk: that can only happen here, at
+	// rotation, where spool/reserve is given back.
+	for n := s.segMax; n >= 64<<10; n /= 4 {
+		if err := preallocKeepSize(f, n); err == nil || !isNoSpace(err) {
+			break
+		}
+	}
 	// The new name must be durable before any record in it is acknowledged.
 	if err := s.logDir.sync(); err != nil {
 		f.Close()
 		os.Remove(s.segPath(seq))
 		return err
 	}
-	g := &segment{seq: seq, f: f, size: int64(len(segMagic))}
+	g := &segment{seq: seq, f: f, size: int64(len(segMagic)), format: segFormat{hdrLen: recHeader}}
 	s.segs = append(s.segs, g)
 	s.cur = g
 	s.broken = false
@@ -476,7 +588,7 @@ func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*
 	}
 	rec := newRecord(mb, body)
 	s.mu.Lock()
-	g, off, err := s.appendLocked(rec)
+	g, off, err := s.appendLocked(rec, true)
 	if err == nil {
 		s.setLocLocked(id, newLoc(g.seq, off, int64(len(rec)), recNew, int64(len(body)), nil))
 	}
@@ -547,7 +659,7 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 // commitMeta writes the first record of a message whose body is durable in
 // msg/ (a large enqueue, a requeue): the commit point.
 func (s *store) commitMeta(m *Meta) error {
-	err := s.appendMeta(m, func() { s.hook(StepRecordWritten) })
+	err := s.appendMeta(m, true, func() { s.hook(StepRecordWritten) })
 	if err != nil {
 		s.cancel(m.ID)
 		os.Remove(s.path(dirMsg, m.ID, ".eml"))
@@ -559,17 +671,17 @@ func (s *store) commitMeta(m *Meta) error {
 
 // writeMeta durably records a live message's new state.
 func (s *store) writeMeta(m *Meta) error {
-	return s.appendMeta(m, nil)
+	return s.appendMeta(m, false, nil)
 }
 
-func (s *store) appendMeta(m *Meta, written func()) error {
+func (s *store) appendMeta(m *Meta, newMail bool, written func()) error {
 	mb, err := encodeMeta(m)
 	if err != nil {
 		return err
 	}
 	rec := encodeRecord(recMeta, mb)
 	s.mu.Lock()
-	g, off, err := s.appendLocked(rec)
+	g, off, err := s.appendLocked(rec, newMail)
 	if err == nil {
 		s.setLocLocked(m.ID, newLoc(g.seq, off, int64(len(rec)), recMeta, 0, s.locs[m.ID]))
 	}
@@ -589,7 +701,7 @@ func (s *store) cancel(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropLocLocked(id)
-	s.appendLocked(encodeRecord(recDone, []byte(id)))
+	s.appendLocked(encodeRecord(recDone, []byte(id)), false)
 }
 
 // removeLive deletes a live message: a durable removal record, then its
@@ -597,7 +709,7 @@ func (s *store) cancel(id string) {
 func (s *store) removeLive(id string) error {
 	s.mu.Lock()
 	l := s.locs[id]
-	g, _, err := s.appendLocked(encodeRecord(recDone, []byte(id)))
+	g, _, err := s.appendLocked(encodeRecord(recDone, []byte(id)), false)
 	if err == nil {
 		s.dropLocLocked(id)
 	}
@@ -785,75 +897,57 @@ type scanned struct {
 	loc  loc
 }
 
-// scanSegment reads seg's records in order into live. It returns the
-// offset after the last good record and, if it stopped early, why.
-func scanSegment(path string, seq uint64, live map[string]*scanned, bad func(off int64, raw []byte, why error)) (good int64, stop error) {
+// scanSegment reads the segment at path and applies its intact records,
+// in order, to live. buf is reused between segments. A record whose
+// checksum holds but whose meta cannot be read is handed to bad.
+func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte, bad func(off int64, raw []byte, why error)) (*segScan, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 256<<10)
-	magic := make([]byte, len(segMagic))
-	if _, err := io.ReadFull(r, magic); err != nil {
-		return 0, fmt.Errorf("no segment header: %w", err)
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
-	if string(magic) != segMagic {
-		return 0, fmt.Errorf("not a spool log segment (header %q)", magic)
+	if int64(cap(*buf)) < info.Size() {
+		*buf = make([]byte, info.Size())
 	}
-	off := int64(len(segMagic))
-	var hdr [recHeader]byte
-	var buf []byte
-	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			if err == io.EOF {
-				return off, nil
-			}
-			return off, fmt.Errorf("torn record header at offset %d", off)
-		}
-		n := binary.LittleEndian.Uint32(hdr[:4])
-		if n < 1 || n > recMax {
-			return off, fmt.Errorf("bad record length %d at offset %d", n, off)
-		}
-		if cap(buf) < int(n-1) {
-			buf = make([]byte, n-1)
-		}
-		payload := buf[:n-1] // reused: nothing below keeps it
-		if _, err := io.ReadFull(r, payload); err != nil {
-			return off, fmt.Errorf("torn record at offset %d", off)
-		}
-		sum := crc32.Update(crc32.Checksum(hdr[8:9], crcTable), crcTable, payload)
-		if sum != binary.LittleEndian.Uint32(hdr[4:8]) {
-			return off, fmt.Errorf("checksum mismatch at offset %d", off)
-		}
-		size := int64(recHeader) + int64(len(payload))
-		switch hdr[8] {
+	data := (*buf)[:info.Size()]
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, err
+	}
+	sc, err := scanRecords(data)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range sc.records {
+		off, size := int64(r.off), int64(r.size)
+		switch r.typ {
 		case recNew, recMeta:
-			mb, body := payload, []byte(nil)
-			if hdr[8] == recNew {
+			mb, body := r.payload, []byte(nil)
+			if r.typ == recNew {
 				var ok bool
-				if mb, body, ok = splitNew(payload); !ok {
-					bad(off, append(hdr[:], payload...), errors.New("bad meta length"))
-					break
+				if mb, body, ok = splitNew(r.payload); !ok {
+					bad(off, data[r.off:r.off+r.size], errors.New("bad meta length"))
+					continue
 				}
 			}
 			m, err := parseMeta(mb)
 			if err != nil {
-				bad(off, append(hdr[:], payload...), err)
-				break
+				bad(off, data[r.off:r.off+r.size], err)
+				continue
 			}
 			var prev *loc
 			if old := live[m.ID]; old != nil {
 				prev = &old.loc
 			}
-			live[m.ID] = &scanned{meta: m, loc: *newLoc(seq, off, size, hdr[8], int64(len(body)), prev)}
+			live[m.ID] = &scanned{meta: m, loc: *newLoc(seq, off, size, r.typ, int64(len(body)), prev)}
 		case recDone:
-			delete(live, string(payload))
-		default:
-			return off, fmt.Errorf("unknown record type %q at offset %d", hdr[8], off)
+			delete(live, string(r.payload))
 		}
-		off += size
 	}
+	return sc, nil
 }
 
 // segments lists log/ in order.
@@ -907,37 +1001,51 @@ func (s *store) recoverSpool() (live, failed []*Meta, err error) {
 		return nil, nil, err
 	}
 	byID := map[string]*scanned{}
+	formats := map[uint64]segFormat{}
+	var buf []byte
 	for i, seq := range seqs {
 		path := s.segPath(seq)
-		good, stop := scanSegment(path, seq, byID, func(off int64, raw []byte, why error) {
+		last := i == len(seqs)-1
+		sc, err := scanSegment(path, seq, byID, &buf, func(off int64, raw []byte, why error) {
 			q := filepath.Join(s.dir, dirCorrupt, fmt.Sprintf("log-%016x-%d.record", seq, off))
 			os.WriteFile(q, raw, 0o600)
 			s.log.Error("queue: unreadable log record quarantined in corrupt/", "file", q, "error", why.Error())
 		})
-		if stop == nil {
+		if errors.Is(err, errNoSegmentHeader) && last {
+			// A crash while the segment was being started.
+			s.log.Warn("queue: removed an empty log segment left by a crash", "segment", path)
+			os.Remove(path)
 			continue
 		}
-		if i == len(seqs)-1 {
-			// The tail of the last segment: writes that were never
-			// acknowledged (no fdatasync covered them). Cut them off.
-			if good < int64(len(segMagic)) {
-				s.log.Warn("queue: removed an empty log segment left by a crash", "segment", path)
-				os.Remove(path)
-				continue
+		if err != nil {
+			s.copyToCorrupt(path)
+			s.log.Error("queue: unreadable log segment; a copy is in corrupt/", "segment", path, "error", err.Error())
+			continue
+		}
+		formats[seq] = sc.format
+		if len(sc.damage) > 0 || sc.tail != nil && (!sc.torn || !last) {
+			// Damage, not an interrupted append: keep a copy for
+			// inspection; every intact record around it was read.
+			q := s.copyToCorrupt(path)
+			var where []string
+			for _, d := range sc.damage {
+				where = append(where, fmt.Sprintf("%s (%d bytes)", d.why, d.to-d.from))
 			}
-			if err := os.Truncate(path, good); err != nil {
+			if sc.tail != nil {
+				where = append(where, fmt.Sprintf("%s (%d bytes to the end)", sc.tail.why, sc.tail.to-sc.tail.from))
+			}
+			s.log.Error("queue: damaged log segment; every intact record in it was recovered, a copy is in corrupt/", "segment", path, "copy", q, "damage", strings.Join(where, "; "), "records_read", len(sc.records))
+		}
+		if sc.tail != nil && last {
+			// The tail of the last segment: writes no fdatasync covered
+			// (or damaged past use). Cut it off.
+			if err := os.Truncate(path, int64(sc.tail.from)); err != nil {
 				return nil, nil, err
 			}
-			s.log.Warn("queue: cut an unacknowledged partial record off the log", "segment", path, "at", good, "reason", stop.Error())
-			continue
+			if sc.torn {
+				s.log.Warn("queue: cut an unacknowledged partial record off the log", "segment", path, "at", sc.tail.from, "reason", sc.tail.why)
+			}
 		}
-		// A closed segment was fdatasynced whole: this is damage. Keep a
-		// copy for inspection; the records before it were read.
-		q := filepath.Join(s.dir, dirCorrupt, filepath.Base(path))
-		if b, rerr := os.ReadFile(path); rerr == nil {
-			os.WriteFile(q, b, 0o600)
-		}
-		s.log.Error("queue: damaged log segment; records after the damage are lost, a copy is in corrupt/", "segment", path, "copy", q, "reason", stop.Error())
 	}
 
 	// Open the segments (read-write, for appends to the new last one).
@@ -954,13 +1062,21 @@ func (s *store) recoverSpool() (live, failed []*Meta, err error) {
 			f.Close()
 			return nil, nil, err
 		}
-		s.segs = append(s.segs, &segment{seq: seq, f: f, size: info.Size()})
+		s.segs = append(s.segs, &segment{seq: seq, f: f, size: info.Size(), format: formats[seq]})
 	}
 	if len(s.segs) > 0 {
 		s.cur = s.segs[len(s.segs)-1]
 	}
 	s.mu.Lock()
 	err = s.rotateLocked() // every run appends to a fresh segment
+	if err != nil && isNoSpace(err) {
+		// A full disk: give back the reserve and try again; failing that,
+		// appends go on in the last segment (its tail is clean now).
+		s.diskFullLocked(err)
+		if err = s.rotateLocked(); err != nil && s.cur != nil && isNoSpace(err) && !s.cur.format.v1 {
+			err = nil
+		}
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return nil, nil, err
@@ -1026,8 +1142,23 @@ func (s *store) recoverSpool() (live, failed []*Meta, err error) {
 		failed = append(failed, m)
 	}
 	s.collect()
+	if err := s.layReserve(); err != nil && !errors.Is(err, ErrDiskFull) {
+		s.log.Warn("queue: could not lay down spool/reserve (kept free for deliveries when the disk fills)", "error", err.Error())
+	}
 	go s.maintain()
 	return live, failed, nil
+}
+
+// copyToCorrupt keeps a copy of a damaged segment in corrupt/ and returns
+// its path.
+func (s *store) copyToCorrupt(path string) string {
+	q := filepath.Join(s.dir, dirCorrupt, filepath.Base(path))
+	if b, err := os.ReadFile(path); err == nil {
+		if err := os.WriteFile(q, b, 0o600); err != nil {
+			s.log.Error("queue: could not copy a damaged log segment to corrupt/; the segment itself is kept", "segment", path, "error", err.Error())
+		}
+	}
+	return q
 }
 
 // importLegacy converts a spool of the earlier layout (meta/<id>.json
@@ -1060,7 +1191,7 @@ func (s *store) importLegacy(byID map[string]*scanned) error {
 		mb, _ := encodeMeta(m)
 		rec := encodeRecord(recMeta, mb)
 		s.mu.Lock()
-		g, off, err := s.appendLocked(rec)
+		g, off, err := s.appendLocked(rec, false)
 		s.mu.Unlock()
 		if err != nil {
 			return err
@@ -1094,10 +1225,16 @@ func (s *store) kickMaintenance() {
 
 func (s *store) maintain() {
 	defer close(s.maintDone)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-s.closed:
 			return
+		case <-tick.C:
+			if s.full.Load() {
+				s.layReserve() // leaves the disk-full state when there is room
+			}
 		case <-s.maint:
 			s.collect()
 			for s.compactOldest() {
@@ -1195,16 +1332,17 @@ func (s *store) relocate(id string, seq uint64) error {
 		return nil // gone or already moved
 	}
 	mg, bg := s.segment(l.metaSeg), s.segment(l.bodySeg)
-	hdr := make([]byte, recHeader)
+	hl := int64(mg.format.hdrLen)
+	hdr := make([]byte, hl)
 	if _, err := mg.f.ReadAt(hdr, l.metaOff); err != nil {
 		return err
 	}
-	payload := make([]byte, l.metaSize-recHeader)
-	if _, err := mg.f.ReadAt(payload, l.metaOff+recHeader); err != nil {
+	payload := make([]byte, l.metaSize-hl)
+	if _, err := mg.f.ReadAt(payload, l.metaOff+hl); err != nil {
 		return err
 	}
 	mb := payload
-	if hdr[8] == recNew {
+	if mg.format.typeAt(hdr) == recNew {
 		mb, _, _ = splitNew(payload) // checked when written or scanned
 	}
 	typ, rec := byte(recMeta), []byte(nil)
@@ -1217,7 +1355,7 @@ func (s *store) relocate(id string, seq uint64) error {
 	} else {
 		rec = encodeRecord(recMeta, mb)
 	}
-	g, off, err := s.appendLocked(rec)
+	g, off, err := s.appendLocked(rec, false)
 	if err != nil {
 		return err
 	}
@@ -1227,6 +1365,9 @@ func (s *store) relocate(id string, seq uint64) error {
 
 // checkWritable writes, syncs and removes a probe file in tmp/.
 func (s *store) checkWritable() error {
+	if since, full := s.diskFull(); full {
+		return fmt.Errorf("%w since %s: new mail is refused with 452 4.3.1 until there is room; queued mail is still delivered", ErrDiskFull, since.UTC().Format(time.RFC3339))
+	}
 	p := s.path(dirTmp, "readyz-probe", ".tmp")
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -1404,8 +1545,21 @@ func inspectLog(dir string) (map[string]*scanned, error) {
 		return nil, err
 	}
 	byID := map[string]*scanned{}
+	var buf []byte
 	for _, seq := range seqs {
-		scanSegment(s.segPath(seq), seq, byID, func(int64, []byte, error) {})
+		scanSegment(s.segPath(seq), seq, byID, &buf, func(int64, []byte, error) {})
 	}
 	return byID, nil
+}
+
+func writeZeros(f *os.File, n int64) error {
+	zero := make([]byte, 64<<10)
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := f.Write(zero[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
 }
