@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -152,6 +153,9 @@ var (
 	ErrNotFound = errors.New("no such message")
 	ErrBusy     = errors.New("message is being delivered right now; try again in a moment")
 	ErrClosed   = errors.New("queue is closed")
+	// ErrPaused: the message's account is paused; retrying the message
+	// cannot move it (the error says why and what to do).
+	ErrPaused = errors.New("account paused")
 )
 
 // Queue is the durable queue and its scheduler.
@@ -852,6 +856,10 @@ func (q *Queue) RetryNow(id string) error {
 		}
 		return fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
+	if reason, paused := q.paused[it.meta.Account]; paused {
+		q.mu.Unlock()
+		return pausedError(it.meta.Account, reason)
+	}
 	if it.where == inHeap {
 		it.next = q.now()
 		heap.Fix(&q.waiting, it.index)
@@ -861,18 +869,45 @@ func (q *Queue) RetryNow(id string) error {
 	return nil
 }
 
-// Flush makes every live message due at once and returns how many there are.
-func (q *Queue) Flush() int {
+func pausedError(account, reason string) error {
+	return fmt.Errorf("%w: %s waits because account %s is paused: %s. Its messages keep their attempts and are sent as soon as the account is fixed: reconnect it, or fix it on Microsoft's side and press Try again on the account (oauthrelay accounts retry %s)",
+		ErrPaused, "the message", account, strings.TrimSuffix(reason, "."), account)
+}
+
+// FlushResult is what Flush did.
+type FlushResult struct {
+	// Scheduled messages are due now.
+	Scheduled int `json:"scheduled_now"`
+	// Paused counts, per paused account, the messages that stay put, and
+	// Why says why and what to do.
+	Paused map[string]int    `json:"paused,omitempty"`
+	Why    map[string]string `json:"why,omitempty"`
+}
+
+// Flush makes every live message due at once, except those of paused
+// accounts, which it counts separately.
+func (q *Queue) Flush() FlushResult {
 	q.mu.Lock()
 	now := q.now()
-	for _, it := range q.waiting {
-		it.next = now
+	res := FlushResult{}
+	for _, it := range q.items {
+		if reason, paused := q.paused[it.meta.Account]; paused {
+			if res.Paused == nil {
+				res.Paused, res.Why = map[string]int{}, map[string]string{}
+			}
+			res.Paused[it.meta.Account]++
+			res.Why[it.meta.Account] = reason + " — reconnect the account, or fix it on Microsoft's side and press Try again on it (oauthrelay accounts retry " + it.meta.Account + ")"
+			continue
+		}
+		if it.where == inHeap {
+			it.next = now
+		}
+		res.Scheduled++
 	}
 	heap.Init(&q.waiting)
-	n := len(q.items)
 	q.mu.Unlock()
 	q.poke()
-	return n
+	return res
 }
 
 // Delete removes a live or failed message for good.

@@ -930,7 +930,7 @@ func TestQueue_Operations(t *testing.T) {
 		t.Errorf("second delete: %v", err)
 	}
 	before = len(rec.attempts[other])
-	if n := q.Flush(); n != 1 {
+	if n := q.Flush().Scheduled; n != 1 {
 		t.Errorf("flush saw %d messages, want 1", n)
 	}
 	waitFor(t, "flush", func() bool { rec.mu.Lock(); defer rec.mu.Unlock(); return len(rec.attempts[other]) > before })

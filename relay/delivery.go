@@ -24,6 +24,9 @@ import (
 type TokenSource interface {
 	Token(ctx context.Context, account string) (tokens.Token, error)
 	Invalidate(account string)
+	// SMTPAuthRefused records Microsoft's refusal of a fresh token (535) as
+	// the account's state, which pauses its mail, and explains it.
+	SMTPAuthRefused(account string, code int, enhanced string) tokens.Explanation
 }
 
 // UpstreamConfig says how to reach Microsoft 365. Timings are fields.
@@ -54,8 +57,6 @@ type UpstreamAccount struct {
 	Mailbox string
 	// Rewrite: "off", "envelope" or "from" (envelope and From: header).
 	Rewrite string
-	// Explain turns Microsoft's 535 replies into words (tokens.ExplainSMTPAuth).
-	Explain func(code int, enhanced string) tokens.Explanation
 }
 
 // DeliveryEvents receives what delivery does, for metrics. Any field may be nil.
@@ -263,7 +264,10 @@ func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery,
 			return d.deliver(ctx, u, dl, false)
 		}
 		if aerr.auth535 {
-			return queue.Result{PauseAccount: u.Explain(aerr.reply.Code, aerr.reply.Enhanced).String()}
+			// The account's state (one truth for the status page, API,
+			// metrics and webhook) pauses its mail; the result says so too,
+			// so this attempt is not counted.
+			return queue.Result{PauseAccount: d.tokens.SMTPAuthRefused(u.Name, aerr.reply.Code, aerr.reply.Enhanced).String()}
 		}
 		if aerr.pause != "" {
 			return queue.Result{PauseAccount: aerr.pause}
@@ -317,6 +321,19 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 }
 
 func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptError) {
+	c, aerr := d.open(ctx)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if d.events.ConnOpened != nil {
+		d.events.ConnOpened(u.Name)
+	}
+	return d.login(ctx, u, c)
+}
+
+// open connects to the upstream: TCP, TLS (STARTTLS or implicit), EHLO.
+// It refuses a connection without TLS unless InsecureAllowPlaintext.
+func (d *Delivery) open(ctx context.Context) (*smtp.Client, *attemptError) {
 	connErr := func(what string, err error) *attemptError {
 		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, d.cfg.Addr, err)}}
 	}
@@ -372,9 +389,12 @@ func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptErro
 		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
 			Text: "upstream connection is not encrypted; refusing to send an OAuth token"}}
 	}
-	if d.events.ConnOpened != nil {
-		d.events.ConnOpened(u.Name)
-	}
+	return c, nil
+}
+
+// login signs in to an open upstream connection with the account's token
+// (XOAUTH2); the connection is closed on failure.
+func (d *Delivery) login(ctx context.Context, u *upstream, c *smtp.Client) (*upConn, *attemptError) {
 	tok, err := d.tokens.Token(ctx, u.Name)
 	if err != nil {
 		c.Close()

@@ -152,7 +152,7 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 		oldest: prometheus.NewDesc("oauthrelay_queue_oldest_message_age_seconds", "Age of the oldest message waiting for delivery (0 if none).", nil, nil),
 		bytes:  prometheus.NewDesc("oauthrelay_spool_bytes", "Bytes of message bodies in the spool (live and failed).", nil, nil),
 		logB:   prometheus.NewDesc("oauthrelay_spool_log_bytes", "Bytes of the spool's log segments on disk: live records and garbage not yet reclaimed.", nil, nil),
-		state:  prometheus.NewDesc("oauthrelay_account_state", "1 for the account's current state (connected, needs_reconnect, misconfigured, not_connected).", []string{"account", "state"}, nil),
+		state:  prometheus.NewDesc("oauthrelay_account_state", "1 for the account's current state (connected, needs_reconnect, misconfigured, not_connected, smtp_auth_disabled, smtp_auth_refused).", []string{"account", "state"}, nil),
 		expiry: prometheus.NewDesc("oauthrelay_access_token_expiry_timestamp_seconds", "When the account's current access token expires (Unix time).", []string{"account"}, nil),
 		last:   prometheus.NewDesc("oauthrelay_refresh_token_last_refresh_timestamp_seconds", "When the account's refresh token was last used or renewed (Unix time).", []string{"account"}, nil),
 	}
@@ -165,7 +165,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 var allMsgStates = []queue.MessageState{queue.MsgQueued, queue.MsgDeferred, queue.MsgInflight, queue.MsgPaused, queue.MsgFailed}
-var allAccountStates = []tokens.State{tokens.Connected, tokens.NeedsReconnect, tokens.Misconfigured, tokens.NotConnected}
+var allAccountStates = []tokens.State{tokens.Connected, tokens.NeedsReconnect, tokens.Misconfigured, tokens.NotConnected, tokens.SMTPAuthDisabled, tokens.SMTPAuthRefused}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.q.Stats()

@@ -169,9 +169,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	var ups []UpstreamAccount
 	var routes []Route
 	for _, a := range c.Accounts {
-		ta := tokens.Account{Name: a.Name, Mailbox: a.Mailbox}
-		ups = append(ups, UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender,
-			Explain: func(code int, enh string) tokens.Explanation { return tokens.ExplainSMTPAuth(code, enh, ta) }})
+		ups = append(ups, UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender})
 		routes = append(routes, Route{Account: a.Name, Patterns: a.Senders})
 	}
 	r.Delivery = NewDelivery(uc, ups, r.Tokens, nil, log, hooks.Delivery)
@@ -198,7 +196,9 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		switch s.State {
 		case tokens.Connected:
 			r.Queue.Resume(s.Account)
-		case tokens.NeedsReconnect, tokens.Misconfigured:
+		default:
+			// Every state but connected pauses the account's mail (its
+			// messages wait without using up attempts).
 			r.Queue.Pause(s.Account, s.Explanation.String())
 		}
 	})
@@ -226,6 +226,9 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		ListenerUp: func() error { return r.Listener.Accepting() },
 		Explain: func(rep queue.Reply, account, sender string) string {
 			return ExplainReply(rep, r.Tokens.Mailbox(account), sender)
+		},
+		Check: func(ctx context.Context, account string) admin.CheckResult {
+			return r.Delivery.Check(ctx, account, r.Tokens.State(account).ConsentedBy)
 		},
 		Log: log,
 	})

@@ -115,8 +115,9 @@ func (m *Manager) handleCallback(w http.ResponseWriter, r *http.Request) {
 	}
 	res := result{Title: "Connected", Account: a.Name,
 		Detail: fmt.Sprintf("Connected as %s; mail for %s flows now.", orUnknown(upn), a.Mailbox)}
-	if upn != "" && !strings.EqualFold(upn, a.Mailbox) {
-		res.Action = fmt.Sprintf("You signed in as %s, not %s. That works only if %s has Send As rights on %s (a shared mailbox); otherwise Microsoft will answer 535 5.7.3 — connect again as %s.", upn, a.Mailbox, upn, a.Mailbox, a.Mailbox)
+	if w := WrongUser(upn, a.Mailbox); w != "" {
+		res.Title = "Connected — but not as " + a.Mailbox
+		res.Action = "You " + w + ". Without that right Microsoft will answer 535 5.7.3 and the relay will hold the mail and say so here."
 	}
 	renderResult(w, http.StatusOK, res)
 }

@@ -21,7 +21,16 @@ const (
 	Connected      State = "connected"       // tokens work
 	NeedsReconnect State = "needs_reconnect" // the grant is gone: sign in again
 	Misconfigured  State = "misconfigured"   // app registration or secret wrong: an admin must fix it
+	// Microsoft refused the XOAUTH2 login with a fresh token: the grant
+	// works, the mailbox does not take it. Fixed on Microsoft's side, then
+	// Reconnect or Try again (Manager.Retry).
+	SMTPAuthDisabled State = "smtp_auth_disabled" // 535 5.7.139: SMTP AUTH off for the mailbox or tenant
+	SMTPAuthRefused  State = "smtp_auth_refused"  // 535 5.7.3: wrong user, no Send As, no SMTP.Send
 )
+
+// smtpState reports whether st came from Microsoft's SMTP login rather
+// than from the token endpoint: a token refresh does not clear it.
+func smtpState(st State) bool { return st == SMTPAuthDisabled || st == SMTPAuthRefused }
 
 // Explanation says in plain words what went wrong and what to do.
 type Explanation struct {
@@ -180,21 +189,28 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 }
 
 // ExplainSMTPAuth explains Microsoft's answers to AUTH XOAUTH2, for the
-// relay and the status page.
-func ExplainSMTPAuth(code int, enhanced string, a Account) Explanation {
+// relay and the status page. signedInAs is who connected the account
+// ("" when unknown).
+func ExplainSMTPAuth(code int, enhanced string, a Account, signedInAs string) Explanation {
 	c := fmt.Sprintf("%d %s", code, enhanced)
+	if enhanced == "5.7.3" && signedInAs != "" && !strings.EqualFold(signedInAs, a.Mailbox) {
+		return Explanation{Code: c,
+			Title:  "signed in as " + signedInAs + " but the mailbox is " + a.Mailbox,
+			Detail: "Microsoft accepts the token only for the mailbox of the user who signed in, or a mailbox that user has Send As / Full Access on.",
+			Action: "give " + signedInAs + " Send As (Add-RecipientPermission -Identity " + a.Mailbox + " -Trustee " + signedInAs + " -AccessRights SendAs) or Full Access on " + a.Mailbox + ", then press Try again; or press Connect and sign in as " + a.Mailbox}
+	}
 	switch enhanced {
 	case "5.7.139":
 		return Explanation{Code: c,
 			Title:  "SMTP AUTH is disabled for this mailbox or tenant",
 			Detail: "Microsoft 365 turns SMTP client authentication off by default.",
-			Action: "in Exchange Online PowerShell run: Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | fl SmtpClientAuthenticationDisabled); it can take up to an hour to apply"}
+			Action: "in Exchange Online PowerShell run: Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | fl SmtpClientAuthenticationDisabled); it can take up to an hour to apply, then press Try again"}
 	case "5.7.3":
 		return Explanation{Code: c,
 			Title: "Microsoft rejected the token for " + a.Mailbox,
 			Detail: "The token is valid for Entra ID but not for SMTP: the signed-in user is not " + a.Mailbox +
 				" (and has no Send As right on it), the app lacks the SMTP.Send permission, or SMTP AUTH is disabled for the mailbox.",
-			Action: "check who connected the account, grant SMTP.Send, and run Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false; then press Connect"}
+			Action: "check who connected the account, grant SMTP.Send, and run Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false; then press Try again (or Connect to sign in again)"}
 	}
 	return Explanation{Code: c, Title: "Microsoft refused the sign-in", Action: "press Connect and sign in as " + a.Mailbox}
 }

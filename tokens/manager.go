@@ -140,13 +140,16 @@ type account struct {
 	oauth *oauth2.Config
 	cc    *clientcredentials.Config
 
-	mu        sync.Mutex
-	state     State
-	expl      Explanation
-	expiry    time.Time
-	issued    time.Time
-	lastUsed  time.Time
-	failedRT  string // the refresh token that was refused; not tried again
+	mu       sync.Mutex
+	state    State
+	expl     Explanation
+	expiry   time.Time
+	issued   time.Time
+	lastUsed time.Time
+	failedRT string // the refresh token that was refused; not tried again
+	// smtpSince: when Microsoft's SMTP login refused the account (its
+	// state is SMTPAuthDisabled/Refused); a sign-in after it resumes.
+	smtpSince time.Time
 	pendingRT string // a rotated refresh token not yet persisted
 	timer     *time.Timer
 }
@@ -384,7 +387,14 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 		a.mu.Unlock()
 	}
 	t := m.cacheToken(a, tok, now)
-	m.setState(a, Connected, Explanation{})
+	a.mu.Lock()
+	smtp := smtpState(a.state)
+	a.mu.Unlock()
+	if !smtp {
+		// A working token does not undo Microsoft's SMTP refusal: that
+		// takes a sign-in or Retry.
+		m.setState(a, Connected, Explanation{})
+	}
 	m.log.Info("tokens: access token obtained", "account", a.Name, "expires", t.Expiry.Format(time.RFC3339), "token", Fingerprint(t.AccessToken))
 	return t, nil
 }
@@ -498,7 +508,7 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 	for _, name := range m.order {
 		a := m.accounts[name]
 		a.mu.Lock()
-		st, failed := a.state, a.failedRT
+		st, failed, smtpSince := a.state, a.failedRT, a.smtpSince
 		a.mu.Unlock()
 		if !a.delegated() || st == Connected {
 			continue
@@ -507,7 +517,11 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 		if err != nil || !ok || rec.RefreshToken == "" || rec.RefreshToken == failed {
 			continue
 		}
+		if smtpState(st) && !rec.ConsentedAt.After(smtpSince) {
+			continue // no sign-in since Microsoft refused the login
+		}
 		if err := m.ForceRefresh(ctx, name); err == nil {
+			m.putState(a, Connected, Explanation{}, true)
 			m.log.Info("tokens: account reconnected", "account", name)
 		}
 	}
@@ -528,11 +542,21 @@ func (m *Manager) Subscribe(f func(AccountState)) (cancel func()) {
 }
 
 func (m *Manager) setState(a *account, st State, ex Explanation) {
+	m.putState(a, st, ex, false)
+}
+
+// putState sets an account's state and tells the subscribers (the queue's
+// pause, the webhook) when it changed, or always with force: a sign-in or
+// Retry resumes the account's mail even if nothing seemed wrong.
+func (m *Manager) putState(a *account, st State, ex Explanation, force bool) {
 	a.mu.Lock()
 	changed := a.state != st || a.expl != ex
 	a.state, a.expl = st, ex
+	if !smtpState(st) {
+		a.smtpSince = time.Time{}
+	}
 	a.mu.Unlock()
-	if !changed {
+	if !changed && !force {
 		return
 	}
 	if st == Connected {
@@ -611,9 +635,74 @@ func (m *Manager) storeGrant(a *account, tok *oauth2.Token) (string, error) {
 	a.pendingRT = ""
 	a.mu.Unlock()
 	m.cacheToken(a, tok, now)
-	m.setState(a, Connected, Explanation{})
+	m.putState(a, Connected, Explanation{}, true)
 	m.log.Info("tokens: account connected by sign-in", "account", a.Name, "consented_by", upn)
+	if w := WrongUser(upn, a.Mailbox); w != "" {
+		m.log.Warn("tokens: "+w, "account", a.Name)
+	}
 	return upn, nil
+}
+
+// WrongUser is the warning for a sign-in by someone other than the
+// account's mailbox ("" when it is the mailbox, or unknown). A warning,
+// not a refusal: a delegate with Send As on a shared mailbox is legitimate.
+func WrongUser(signedInAs, mailbox string) string {
+	if signedInAs == "" || strings.EqualFold(signedInAs, mailbox) {
+		return ""
+	}
+	return fmt.Sprintf("signed in as %s; this account sends as %s: %s needs Send As / Full Access on %s (shared mailbox), or sign in as %s",
+		signedInAs, mailbox, signedInAs, mailbox, mailbox)
+}
+
+// SMTPAuthRefused records that Microsoft refused the account's XOAUTH2
+// login with a fresh token (535 5.7.3, 535 5.7.139): the account needs
+// attention, its mail waits, the webhook fires. It returns the
+// explanation. The account resumes on a sign-in or Retry.
+func (m *Manager) SMTPAuthRefused(name string, code int, enhanced string) Explanation {
+	a, ok := m.accounts[name]
+	if !ok {
+		return ExplainSMTPAuth(code, enhanced, Account{Name: name}, "")
+	}
+	var by string
+	if rec, ok, err := m.opts.Store.Get(name); err == nil && ok {
+		by = rec.ConsentedBy
+	}
+	ex := ExplainSMTPAuth(code, enhanced, a.Account, by)
+	st := SMTPAuthRefused
+	if enhanced == "5.7.139" {
+		st = SMTPAuthDisabled
+	}
+	a.mu.Lock()
+	if !smtpState(a.state) {
+		a.smtpSince = m.opts.Now()
+	}
+	a.mu.Unlock()
+	m.setState(a, st, ex)
+	return ex
+}
+
+// Retry is the admin's "try again" for an account that needs attention,
+// after fixing something on Microsoft's side without signing in again: it
+// clears a refusal, fetches a fresh token, and on success resumes the
+// account's mail at once (even if its state seemed fine).
+func (m *Manager) Retry(ctx context.Context, name string) (AccountState, error) {
+	a, err := m.account(name)
+	if err != nil {
+		return AccountState{}, err
+	}
+	a.mu.Lock()
+	a.failedRT = ""
+	if smtpState(a.state) {
+		a.state, a.expl = Connected, Explanation{} // let the refresh below decide
+	}
+	a.mu.Unlock()
+	m.cache.Remove(name)
+	if err := m.ForceRefresh(ctx, name); err != nil {
+		return m.State(name), err
+	}
+	m.putState(a, Connected, Explanation{}, true)
+	m.log.Info("tokens: account retried by the admin; its mail resumes", "account", name)
+	return m.State(name), nil
 }
 
 // idTokenUPN reads the signed-in user's name from the id token. The token

@@ -233,6 +233,11 @@ func newQueueCmd() *cobra.Command {
 				switch {
 				case res["scheduled_now"] != nil:
 					fmt.Fprintf(cmd.OutOrStdout(), "%v message(s) will be tried now\n", res["scheduled_now"])
+					var fr queue.FlushResult
+					json.Unmarshal(raw, &fr)
+					for account, n := range fr.Paused {
+						fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) of account %s wait because it is paused: %s\n", n, account, fr.Why[account])
+					}
 				case res["from"] != nil:
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v as %v\n", args[0], res["result"], res["id"])
 				default:
@@ -337,6 +342,77 @@ func newAccountsCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, exp, age(s.LastRefresh), todo)
 			}
 			return tw.Flush()
+		},
+	}
+	retry := &cobra.Command{
+		Use:   "retry NAME",
+		Short: "Try an account that needs attention again (after fixing it on Microsoft's side) and resume its mail",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := a.call("POST", "/api/accounts/"+url.PathEscape(args[0])+"/retry", &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var res struct{ Result string }
+			json.Unmarshal(raw, &res)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", args[0], res.Result)
+			return nil
+		},
+	}
+	apiFlags(retry)
+	cmd.AddCommand(retry)
+	apiFlags(cmd)
+	return cmd
+}
+
+// newCheckCmd is `oauthrelay check ACCOUNT`: the pre-flight check, run by
+// the running relay (its tokens, its network).
+func newCheckCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check ACCOUNT",
+		Short: "Test an account end to end without sending: token, permissions, connection, login (exit 0 only if all pass)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := a.call("POST", "/api/accounts/"+url.PathEscape(args[0])+"/test", &raw); err != nil {
+				return err
+			}
+			var res admin.CheckResult
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				printJSON(cmd.OutOrStdout(), raw)
+			} else {
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "Checking %s (%s) — nothing is sent\n", res.Account, res.Mailbox)
+				for _, st := range res.Steps {
+					mark := "ok  "
+					if !st.OK {
+						mark = "FAIL"
+					}
+					fmt.Fprintf(w, "  [%s] %-11s %s\n", mark, st.Step, st.Detail)
+					if st.Fix != "" {
+						fmt.Fprintf(w, "         %-11s what to do: %s\n", "", st.Fix)
+					}
+				}
+			}
+			if !res.OK {
+				return exitError{code: 1, err: fmt.Errorf("account %s: check failed", res.Account)}
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "All checks passed.")
+			return nil
 		},
 	}
 	apiFlags(cmd)

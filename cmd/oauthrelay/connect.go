@@ -65,7 +65,14 @@ delivers the account's waiting mail.
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "Connected as %s; mail for %s flows now.\n", upn, acct.Mailbox)
+				who := upn
+				if who == "" {
+					who = "the signed-in user"
+				}
+				fmt.Fprintf(out, "Connected as %s; mail for %s flows now.\n", who, acct.Mailbox)
+				if w := tokens.WrongUser(upn, acct.Mailbox); w != "" {
+					fmt.Fprintf(out, "Warning: %s.\n", w)
+				}
 				return nil
 			}
 			return connectInBrowser(cmd.Context(), c, m, name, out)

@@ -65,6 +65,7 @@ refreshes and keeps encrypted itself.`,
 		newQueueCmd(),
 		newSendCmd(),
 		newHealthCmd(),
+		newCheckCmd(),
 		newFakeM365Cmd(),
 	)
 	return root

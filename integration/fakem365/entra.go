@@ -471,7 +471,7 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 
 // issue writes a token response; caller holds e.mu.
 func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnly bool) {
-	at := randomToken("fake-at-")
+	at := e.accessToken(clientID, scope, upn, appOnly)
 	e.issued = append(e.issued, at)
 	e.access[at] = &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
 	resp := map[string]any{
@@ -504,6 +504,26 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// accessToken is shaped like Microsoft's access tokens for Exchange
+// Online: a JWT naming the permissions (scp delegated, roles app-only) and
+// the user; its "signature" is random, which also makes each one unique.
+func (e *Entra) accessToken(clientID, scope, upn string, appOnly bool) string {
+	claims := map[string]any{"aud": "https://outlook.office.com", "iss": e.URL + "/", "appid": clientID,
+		"iat": e.now().Unix(), "exp": e.now().Add(e.accessLifetime).Unix()}
+	if appOnly {
+		claims["roles"] = []string{"SMTP.SendAsApp"}
+	} else {
+		var scp []string
+		for _, sc := range strings.Fields(scope) {
+			if rest, ok := strings.CutPrefix(sc, "https://outlook.office.com/"); ok {
+				scp = append(scp, rest)
+			}
+		}
+		claims["scp"], claims["upn"] = strings.Join(scp, " "), upn
+	}
+	return strings.TrimSuffix(unsignedJWT(claims), ".") + "." + randomToken("")
 }
 
 func unsignedJWT(claims map[string]any) string {

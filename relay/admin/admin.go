@@ -12,6 +12,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -37,7 +38,7 @@ type Queue interface {
 	Get(id string) (queue.Message, error)
 	RetryNow(id string) error
 	Delete(id string) error
-	Flush() int
+	Flush() queue.FlushResult
 	Requeue(id string) (string, error)
 	Stats() queue.Stats
 	CheckWritable() error
@@ -47,6 +48,9 @@ type Queue interface {
 type Accounts interface {
 	States() []tokens.AccountState
 	ConnectHandler() http.Handler
+	// Retry tries an account that needs attention again and, if it works,
+	// resumes its mail (tokens.Manager.Retry).
+	Retry(ctx context.Context, name string) (tokens.AccountState, error)
 }
 
 // Options configure the admin server.
@@ -61,7 +65,9 @@ type Options struct {
 	ListenerUp func() error
 	// Explain says what an upstream reply means (relay.ExplainReply).
 	Explain func(r queue.Reply, account, sender string) string
-	Log     *slog.Logger
+	// Check runs an account's pre-flight check (relay.Delivery.Check).
+	Check func(ctx context.Context, account string) CheckResult
+	Log   *slog.Logger
 	// SessionLifetime defaults to 12 h.
 	SessionLifetime time.Duration
 }
@@ -104,6 +110,8 @@ func New(opts Options) (*Server, error) {
 	m.Handle("POST /ui/queue/{id}/delete", s.page(s.uiAction))
 	m.Handle("POST /ui/failed/{id}/requeue", s.page(s.uiAction))
 	m.Handle("POST /ui/queue/flush", s.page(s.uiAction))
+	m.Handle("POST /ui/accounts/{name}/retry", s.page(s.uiAccountRetry))
+	m.Handle("POST /ui/accounts/{name}/test", s.page(s.uiAccountTest))
 	connect := opts.Accounts.ConnectHandler()
 	m.Handle("GET /connect/{account}", s.page(connect.ServeHTTP))
 	m.Handle("GET /oauth/callback", connect) // guarded by its single-use state
@@ -116,6 +124,8 @@ func New(opts Options) (*Server, error) {
 	m.Handle("DELETE /api/queue/{id}", s.api(s.apiDelete))
 	m.Handle("POST /api/queue/flush", s.api(s.apiFlush))
 	m.Handle("POST /api/failed/{id}/requeue", s.api(s.apiRequeue))
+	m.Handle("POST /api/accounts/{name}/retry", s.api(s.apiAccountRetry))
+	m.Handle("POST /api/accounts/{name}/test", s.api(s.apiAccountTest))
 	if opts.Metrics != nil {
 		m.Handle("GET /metrics", s.api(opts.Metrics.ServeHTTP))
 	}

@@ -56,7 +56,7 @@ func opError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, queue.ErrBusy):
+	case errors.Is(err, queue.ErrBusy), errors.Is(err, queue.ErrPaused):
 		writeError(w, http.StatusConflict, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())
@@ -93,9 +93,66 @@ func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiFlush(w http.ResponseWriter, r *http.Request) {
-	n := s.opts.Queue.Flush()
-	s.opts.Log.Info("admin: flush", "messages", n)
-	writeJSON(w, http.StatusOK, map[string]int{"scheduled_now": n})
+	res := s.opts.Queue.Flush()
+	s.opts.Log.Info("admin: flush", "messages", res.Scheduled, "paused", res.Paused)
+	writeJSON(w, http.StatusOK, res)
+}
+
+// CheckStep is one step of an account's pre-flight check, in plain words.
+type CheckStep struct {
+	Step   string `json:"step"` // token, permissions, connect, login
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// CheckResult is what POST /api/accounts/{name}/test, `oauthrelay check`
+// and the Test button show.
+type CheckResult struct {
+	Account string      `json:"account"`
+	Mailbox string      `json:"mailbox"`
+	OK      bool        `json:"ok"`
+	Steps   []CheckStep `json:"steps"`
+}
+
+func (s *Server) knownAccount(w http.ResponseWriter, name string) bool {
+	for _, a := range s.opts.Accounts.States() {
+		if a.Account == name {
+			return true
+		}
+	}
+	writeError(w, http.StatusNotFound, "no account named "+name+" in the configuration")
+	return false
+}
+
+// apiAccountRetry: the admin fixed something on Microsoft's side; try the
+// account again and, if it works, resume its mail now.
+func (s *Server) apiAccountRetry(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.knownAccount(w, name) {
+		return
+	}
+	st, err := s.opts.Accounts.Retry(r.Context(), name)
+	s.opts.Log.Info("admin: account retry", "account", name, "state", string(st.State))
+	if err != nil {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": "still not working: " + err.Error(), "account": st})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"result": "resumed: its mail is being sent now", "account": st})
+}
+
+func (s *Server) apiAccountTest(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.knownAccount(w, name) {
+		return
+	}
+	if s.opts.Check == nil {
+		writeError(w, http.StatusNotImplemented, "no check configured")
+		return
+	}
+	res := s.opts.Check(r.Context(), name)
+	s.opts.Log.Info("admin: account test", "account", name, "ok", res.OK)
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *Server) apiRequeue(w http.ResponseWriter, r *http.Request) {

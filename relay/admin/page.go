@@ -45,13 +45,47 @@ func (s *Server) uiAction(w http.ResponseWriter, r *http.Request) {
 			msg = "Message " + id + " requeued as " + nid + "."
 		}
 	case strings.HasSuffix(r.URL.Path, "/flush"):
-		msg = fmt.Sprintf("%d messages will be tried now.", s.opts.Queue.Flush())
+		res := s.opts.Queue.Flush()
+		msg = fmt.Sprintf("%d messages will be tried now.", res.Scheduled)
+		for account, n := range res.Paused {
+			msg += fmt.Sprintf(" %d of account %s wait because it is paused: %s.", n, account, res.Why[account])
+		}
 	}
 	if err != nil {
 		msg = "Failed: " + err.Error()
 	}
 	s.opts.Log.Info("admin: page action", "path", r.URL.Path, "result", msg)
 	http.Redirect(w, r, "/?msg="+url.QueryEscape(msg), http.StatusSeeOther)
+}
+
+// uiAccountRetry is the account's Try again button.
+func (s *Server) uiAccountRetry(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var msg string
+	if st, err := s.opts.Accounts.Retry(r.Context(), name); err != nil {
+		msg = "Account " + name + " still does not work: " + err.Error()
+		if st.Explanation.Action != "" {
+			msg += " — " + st.Explanation.Action
+		}
+	} else {
+		msg = "Account " + name + " works again; its mail is being sent now."
+	}
+	s.opts.Log.Info("admin: page action", "path", r.URL.Path, "result", msg)
+	http.Redirect(w, r, "/?msg="+url.QueryEscape(msg)+"#account-"+url.PathEscape(name), http.StatusSeeOther)
+}
+
+// uiAccountTest is the account's Test button: the pre-flight check's steps.
+func (s *Server) uiAccountTest(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if s.opts.Check == nil {
+		http.Error(w, "no check configured", http.StatusNotImplemented)
+		return
+	}
+	res := s.opts.Check(r.Context(), name)
+	s.opts.Log.Info("admin: account test", "account", name, "ok", res.OK)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	checkTmpl.Execute(w, res)
 }
 
 type accountView struct {
@@ -219,7 +253,7 @@ section{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:1re
 h2{font-size:1.05rem;margin:0 0 .7rem}.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(19rem,1fr));gap:.8rem}
 .card{border:1px solid #dde3ea;border-radius:6px;padding:.8rem}.muted{color:#5b6776;font-size:.9em}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-size:.85em;font-weight:600}
-.connected{background:#d9f2e3;color:#17663a}.needs_reconnect,.misconfigured{background:#fde2e1;color:#a31515}.not_connected{background:#fff1cc;color:#7a5300}
+.connected{background:#d9f2e3;color:#17663a}.needs_reconnect,.misconfigured,.smtp_auth_disabled,.smtp_auth_refused{background:#fde2e1;color:#a31515}.not_connected{background:#fff1cc;color:#7a5300}
 .btn{display:inline-block;border:0;border-radius:4px;padding:.35rem .8rem;background:#0b5cad;color:#fff;text-decoration:none;font:inherit;cursor:pointer}
 .btn.light{background:#e7edf4;color:#17324d}.btn.danger{background:#b42318}form.inline{display:inline}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e6ebf0;vertical-align:top}
@@ -240,7 +274,7 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 {{if .Flash}}<div class="flash">{{.Flash}}</div>{{end}}
 <section><h2>Accounts</h2><div class="cards">
 {{range .Accounts}}<div class="card" id="account-{{.Account}}">
-<div><strong>{{.Account}}</strong> <span class="badge {{string .State}}" data-state="{{string .State}}">{{if eq (string .State) "connected"}}connected{{else if eq (string .State) "needs_reconnect"}}needs reconnect{{else if eq (string .State) "misconfigured"}}misconfigured{{else}}not connected{{end}}</span></div>
+<div><strong>{{.Account}}</strong> <span class="badge {{string .State}}" data-state="{{string .State}}">{{if eq (string .State) "connected"}}connected{{else if eq (string .State) "needs_reconnect"}}needs reconnect{{else if eq (string .State) "misconfigured"}}misconfigured{{else if eq (string .State) "smtp_auth_disabled"}}SMTP AUTH disabled{{else if eq (string .State) "smtp_auth_refused"}}login refused{{else}}not connected{{end}}</span></div>
 <div class="muted">{{.Mailbox}} · {{.Flow}}{{if .Waiting}} · {{.Waiting}} waiting{{end}}</div>
 {{if .Explanation.Title}}<p>{{if .Explanation.Code}}<code>{{.Explanation.Code}}</code> {{end}}{{.Explanation.Title}}.
 {{if .Explanation.Detail}}<br><span class="muted">{{.Explanation.Detail}}</span>{{end}}
@@ -250,6 +284,8 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry.Format "2006-01-02 15:04 MST"}}{{if .Fingerprint}} ({{.Fingerprint}}){{end}}{{end}}.
 {{if not .LastRefresh.IsZero}}Last refresh {{ago .LastRefresh}}.{{end}}</p>
 {{if .Delegated}}<a class="btn" id="connect-{{.Account}}" href="/connect/{{.Account}}">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</a>{{end}}
+{{if ne (string .State) "connected"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on Microsoft's side">Try again</button></form>{{end}}
+<form class="inline" method="post" action="/ui/accounts/{{.Account}}/test"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light" id="test-{{.Account}}" title="sign in to Microsoft without sending">Test</button></form>
 </div>{{end}}
 </div></section>
 
@@ -276,6 +312,16 @@ Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry
 <form class="inline" method="post" action="/ui/queue/{{.ID}}/delete"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn danger">Delete</button></form></td></tr>{{end}}
 </table></div>{{else}}<p class="muted">No failed messages.</p>{{end}}</section>
 </main></body></html>`))
+
+var checkTmpl = template.Must(template.New("check").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Test of {{.Account}} — oauthrelay</title>` + css + `</head><body>
+<header><h1>oauthrelay</h1></header><main><section>
+<h2 id="check-result">Test of {{.Account}}{{if .Mailbox}} ({{.Mailbox}}){{end}}: {{if .OK}}<span class="badge connected">passed</span>{{else}}<span class="badge misconfigured">failed</span>{{end}}</h2>
+<table>{{range .Steps}}<tr><td>{{if .OK}}✔{{else}}✘{{end}} <strong>{{.Step}}</strong></td><td>{{.Detail}}{{if .Fix}}<br><strong>What to do:</strong> {{.Fix}}{{end}}</td></tr>{{end}}</table>
+<p class="muted">Nothing was sent. The test does not pause or resume the account; Try again does.</p>
+<p><a class="btn" href="/">Back to the status page</a></p>
+</section></main></body></html>`))
 
 var loginTmpl = template.Must(template.New("login").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -1,0 +1,175 @@
+package relay
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+	"github.com/oauthrelay/oauthrelay/relay/admin"
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// The check's result is the admin API's and page's format.
+type (
+	CheckStep   = admin.CheckStep
+	CheckResult = admin.CheckResult
+)
+
+// Check tries an account end to end without sending anything: it gets a
+// token, reads the permissions in it, connects to the upstream, signs in
+// with XOAUTH2 and QUITs. It changes no state: the account's mail is
+// neither paused nor resumed by it (Retry does that). signedInAs is who
+// connected the account, for explaining a 535 5.7.3.
+func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckResult {
+	u, ok := d.accounts[account]
+	res := CheckResult{Account: account}
+	if !ok {
+		res.Steps = append(res.Steps, CheckStep{Step: "account", Detail: "no account named " + account + " in the configuration", Fix: "use a name from `oauthrelay accounts`"})
+		return res
+	}
+	res.Mailbox = u.Mailbox
+	add := func(s CheckStep) bool {
+		res.Steps = append(res.Steps, s)
+		return s.OK
+	}
+	done := func() CheckResult {
+		res.OK = !slices.ContainsFunc(res.Steps, func(s CheckStep) bool { return !s.OK })
+		return res
+	}
+
+	tok, err := d.tokens.Token(ctx, account)
+	if err != nil {
+		s := CheckStep{Step: "token", Detail: "could not get an access token: " + err.Error()}
+		var ae *tokens.AccountError
+		if errors.As(err, &ae) {
+			s.Detail = "Microsoft refused a token: " + ae.Explanation.Title
+			s.Fix = ae.Explanation.Action
+			if ae.Explanation.URL != "" {
+				s.Fix += " (" + ae.Explanation.URL + ")"
+			}
+		} else {
+			s.Fix = "the token endpoint could not be reached: check DNS, the firewall (outbound HTTPS to login.microsoftonline.com) and any proxy (HTTPS_PROXY)"
+		}
+		add(s)
+		return done()
+	}
+	add(CheckStep{Step: "token", OK: true, Detail: "got an access token (" + tokens.Fingerprint(tok.AccessToken) + ", expires " + tok.Expiry.UTC().Format("2006-01-02 15:04 MST") + ")"})
+	add(permissions(tok.AccessToken, u.Mailbox))
+
+	c, aerr := d.open(ctx)
+	if aerr != nil {
+		add(CheckStep{Step: "connect", Detail: fmt.Sprintf("cannot open an SMTP session with %s: %s", d.cfg.Addr, aerr.reply), Fix: connectFix(aerr)})
+		return done()
+	}
+	tlsNote := "without TLS (upstream.insecure_allow_plaintext: tests only)"
+	if st, ok := c.TLSConnectionState(); ok {
+		host, _, _ := strings.Cut(d.cfg.Addr, ":")
+		if h, _, err := net.SplitHostPort(d.cfg.Addr); err == nil {
+			host = h
+		}
+		tlsNote = "TLS " + tlsVersion(st.Version) + ", certificate for " + host + " trusted"
+	}
+	add(CheckStep{Step: "connect", OK: true, Detail: "connected to " + d.cfg.Addr + " (" + tlsNote + ")"})
+
+	err = c.Auth(&tokens.XOAuth2{User: u.Mailbox, Token: tok.AccessToken})
+	if err != nil {
+		c.Close()
+		s := CheckStep{Step: "login", Detail: "signing in as " + u.Mailbox + " failed: " + err.Error()}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 535 {
+			ex := tokens.ExplainSMTPAuth(se.Code, enhanced(se), tokens.Account{Name: account, Mailbox: u.Mailbox}, signedInAs)
+			s.Detail = fmt.Sprintf("Microsoft refused the login (%d %s): %s", se.Code, enhanced(se), ex.Title)
+			s.Fix = ex.Action
+		} else {
+			s.Fix = "the connection failed during the login; try again, and check the network if it persists"
+		}
+		add(s)
+		return done()
+	}
+	c.Quit()
+	add(CheckStep{Step: "login", OK: true, Detail: "Microsoft accepted the XOAUTH2 login for " + u.Mailbox + " (nothing was sent)"})
+	return done()
+}
+
+// permissions reads the scopes (delegated: scp) or app roles (roles) from
+// an access token that is a JWT. The token came from the token endpoint
+// over TLS; its signature is Microsoft's business, this is only a reading.
+func permissions(accessToken, mailbox string) CheckStep {
+	s := CheckStep{Step: "permissions", OK: true}
+	parts := strings.Split(accessToken, ".")
+	var claims struct {
+		Scp   string   `json:"scp"`
+		Roles []string `json:"roles"`
+		UPN   string   `json:"upn"`
+		Pref  string   `json:"preferred_username"`
+		Aud   string   `json:"aud"`
+	}
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(partOr(parts, 1), "="))
+	if len(parts) != 3 || err != nil || json.Unmarshal(b, &claims) != nil {
+		s.Detail = "the access token is opaque (not a JWT), so its permissions cannot be read here; the login step shows whether it works"
+		return s
+	}
+	scopes := strings.Fields(claims.Scp)
+	switch {
+	case len(claims.Roles) > 0:
+		s.Detail = "app permissions (roles): " + strings.Join(claims.Roles, ", ")
+		if !slices.Contains(claims.Roles, "SMTP.SendAsApp") {
+			s.OK = false
+			s.Fix = "add the Office 365 Exchange Online application permission SMTP.SendAsApp to the app registration and grant admin consent"
+		}
+	case len(scopes) > 0:
+		s.Detail = "delegated permissions (scp): " + strings.Join(scopes, " ")
+		if !slices.Contains(scopes, "SMTP.Send") {
+			s.OK = false
+			s.Fix = "add the delegated permission Office 365 Exchange Online → SMTP.Send to the app registration, grant consent, and connect again"
+		}
+	default:
+		s.Detail = "the access token names no permissions (no scp or roles claim)"
+	}
+	user := claims.UPN
+	if user == "" {
+		user = claims.Pref
+	}
+	if w := tokens.WrongUser(user, mailbox); w != "" {
+		s.Detail += "; " + w
+	}
+	return s
+}
+
+func partOr(p []string, i int) string {
+	if i < len(p) {
+		return p[i]
+	}
+	return ""
+}
+
+func connectFix(aerr *attemptError) string {
+	t := aerr.reply.Text
+	switch {
+	case strings.Contains(t, "no such host"), strings.Contains(t, "server misbehaving"):
+		return "the upstream's name does not resolve: check DNS on this machine and upstream.addr"
+	case strings.Contains(t, "connection refused"), strings.Contains(t, "i/o timeout"), strings.Contains(t, "network is unreachable"):
+		return "check that this machine may open outbound TCP connections to upstream.addr (port 587: firewalls and some hosting providers block it)"
+	case strings.Contains(t, "certificate"):
+		return "the upstream's TLS certificate is not trusted: a TLS-inspecting proxy? add its CA with upstream.ca_file"
+	case aerr.reply.Code == 421:
+		return "Microsoft is refusing connections for now (421); the relay backs off and retries by itself"
+	}
+	return "see the reply above; check upstream.addr and upstream.tls"
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case 0x0304:
+		return "1.3"
+	case 0x0303:
+		return "1.2"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
