@@ -42,6 +42,12 @@ type Result struct {
 	PauseAccount string
 	// RetryAfter asks that the next attempt come no sooner (throttling).
 	RetryAfter time.Duration
+	// Unreachable, when set, says the upstream could not be reached at all
+	// (connection refused, DNS, TLS handshake, timeout, 421 at the
+	// greeting): an outage of the upstream, not this message's failure.
+	// The attempt is not counted, and every delivery waits while the queue
+	// probes the upstream with one attempt at growing intervals.
+	Unreachable string
 }
 
 // Delivery is one attempt at one message, for its pending recipients.
@@ -142,6 +148,9 @@ type Options struct {
 	// SegmentMax: a log segment is closed once it holds this many bytes.
 	// 0 means 16 MiB.
 	SegmentMax int64
+	// ProbeMin and ProbeMax bound the wait between probes of an
+	// unreachable upstream (it doubles from ProbeMin). 0: 1 s and 30 s.
+	ProbeMin, ProbeMax time.Duration
 	// DiskReserve: bytes kept allocated in spool/reserve and released when
 	// the disk fills, so queued mail can still be delivered (its attempt
 	// and removal records need room). 0 means 8 MiB; negative: none.
@@ -184,6 +193,16 @@ type Queue struct {
 	inflight map[string]int     // account -> deliveries running
 	running  int                // deliveries running in all
 	failed   map[string]*Meta   // failed/ by id
+	outage   *outage            // the upstream is unreachable; nil: it is not
+}
+
+// outage is an unreachable upstream: deliveries wait, one probe at a time.
+type outage struct {
+	since   time.Time
+	reason  string
+	wait    time.Duration // before the next probe; doubles up to ProbeMax
+	probeAt time.Time
+	probing bool
 }
 
 type place int
@@ -242,6 +261,12 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.ProbeMin <= 0 {
+		opts.ProbeMin = time.Second
+	}
+	if opts.ProbeMax <= 0 {
+		opts.ProbeMax = 30 * time.Second
 	}
 	st, err := openStore(opts.Dir, opts.StepHook, opts.Logger)
 	if err != nil {
@@ -403,7 +428,15 @@ func (q *Queue) schedule() time.Duration {
 		q.makeReady(heap.Pop(&q.waiting).(*item))
 	}
 	var wake time.Time
-	for a, reason := range q.paused {
+	held := q.paused
+	if q.outage != nil {
+		// Everything waits for the upstream; expire what waits too long.
+		held = map[string]string{}
+		for a := range q.ready {
+			held[a] = q.paused[a]
+		}
+	}
+	for a, reason := range held {
 		if len(q.ready[a]) == 0 {
 			continue
 		}
@@ -411,6 +444,9 @@ func (q *Queue) schedule() time.Duration {
 		for _, it := range q.ready[a] {
 			exp := it.meta.AgeFrom.Add(q.opts.Retry.MaxAge)
 			if !now.Before(exp) {
+				if reason == "" {
+					reason = "Microsoft 365 could not be reached: " + q.outage.reason
+				}
 				q.start(it, reason)
 				continue
 			}
@@ -421,12 +457,25 @@ func (q *Queue) schedule() time.Duration {
 		}
 		q.ready[a] = keep
 	}
-	for q.running < q.opts.Workers {
-		it := q.nextReady()
-		if it == nil {
-			break
+	if o := q.outage; o != nil {
+		// One probe at a time, at growing intervals.
+		if !o.probing && !now.Before(o.probeAt) && q.running < q.opts.Workers {
+			if it := q.nextReady(); it != nil {
+				o.probing = true
+				q.start(it, "")
+			}
 		}
-		q.start(it, "")
+		if !o.probing && (wake.IsZero() || o.probeAt.Before(wake)) {
+			wake = o.probeAt
+		}
+	} else {
+		for q.running < q.opts.Workers {
+			it := q.nextReady()
+			if it == nil {
+				break
+			}
+			q.start(it, "")
+		}
 	}
 	if q.waiting.Len() > 0 && (wake.IsZero() || q.waiting[0].next.Before(wake)) {
 		wake = q.waiting[0].next
@@ -468,8 +517,8 @@ func (q *Queue) start(it *item, pausedReason string) {
 		q.inflight[a]--
 		q.running--
 		if live {
-			if _, p := q.paused[a]; p && next.IsZero() {
-				q.makeReady(it) // waits for Resume
+			if next.IsZero() {
+				q.makeReady(it) // waits for Resume or the upstream
 			} else {
 				it.next = next
 				it.where = inHeap
@@ -523,16 +572,23 @@ func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
 	now = q.now()
 	m = m.clone() // it.meta is shared with readers: never change it in place
 
-	if res.PauseAccount != "" {
-		// Not the message's fault: undo the attempt, wait for Resume.
+	if res.PauseAccount != "" || res.Unreachable != "" {
+		// Not the message's fault: undo the attempt, wait for Resume or
+		// for the upstream to come back.
 		back := prev.clone()
 		if err := q.store.writeMeta(back); err != nil {
 			q.log.Error("queue: cannot record pause", "id", m.ID, "error", err.Error())
 		}
 		q.setMeta(it, back)
-		q.Pause(m.Account, res.PauseAccount)
+		if res.PauseAccount != "" {
+			q.upstreamReached()
+			q.Pause(m.Account, res.PauseAccount)
+		} else {
+			q.upstreamUnreachable(res.Unreachable)
+		}
 		return time.Time{}, true
 	}
+	q.upstreamReached()
 
 	byAddr := make(map[string]RcptResult, len(res.Recipients))
 	for _, r := range res.Recipients {
@@ -569,6 +625,37 @@ func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
 	return m.NextAttempt, true
 }
 
+// upstreamUnreachable starts an outage, or after a failed probe doubles
+// the wait before the next one.
+func (q *Queue) upstreamUnreachable(reason string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.now()
+	o := q.outage
+	switch {
+	case o == nil:
+		q.outage = &outage{since: now, reason: reason, wait: q.opts.ProbeMin, probeAt: now.Add(q.opts.ProbeMin)}
+		q.log.Warn("queue: Microsoft 365 cannot be reached; holding all mail (no attempts used) and probing", "reason", reason, "probe_in", q.opts.ProbeMin.String())
+	case o.probing:
+		o.probing, o.reason = false, reason
+		o.wait = min(o.wait*2, q.opts.ProbeMax)
+		o.probeAt = now.Add(o.wait)
+		q.log.Debug("queue: probe failed; Microsoft 365 still unreachable", "reason", reason, "next_probe_in", o.wait.String())
+	}
+}
+
+// upstreamReached ends an outage: every held message flows now.
+func (q *Queue) upstreamReached() {
+	q.mu.Lock()
+	o := q.outage
+	q.outage = nil
+	q.mu.Unlock()
+	if o != nil {
+		q.log.Info("queue: Microsoft 365 reachable again; sending the held mail", "was_down_for", q.now().Sub(o.since).Round(time.Second).String())
+		q.poke()
+	}
+}
+
 // nextTime is the retry time after m.Attempts failed attempts, never later
 // than the max-age deadline (the message then expires on time).
 func (q *Queue) nextTime(m *Meta, now time.Time, atLeast time.Duration) time.Time {
@@ -591,7 +678,10 @@ func (q *Queue) expire(it *item, pausedReason string) (time.Time, bool) {
 	m := it.meta.clone()
 	now := q.now()
 	text := fmt.Sprintf("message expired: not delivered within %s", q.opts.Retry.MaxAge)
-	if pausedReason != "" {
+	switch {
+	case strings.HasPrefix(pausedReason, "Microsoft 365 could not be reached"):
+		text += "; " + pausedReason
+	case pausedReason != "":
 		text += "; the account " + m.Account + " needed reconnecting: " + pausedReason
 	}
 	for i := range m.Recipients {
@@ -998,6 +1088,11 @@ type Stats struct {
 	Bytes     int64                           `json:"bytes"`           // message bodies (live and failed)
 	LogBytes  int64                           `json:"log_bytes"`       // the log segments on disk
 	Paused    map[string]string               `json:"paused,omitempty"`
+	// UpstreamDown says why Microsoft 365 cannot be reached (empty: it
+	// can), since when, and when the next probe is.
+	UpstreamDown      string    `json:"upstream_down,omitempty"`
+	UpstreamDownSince time.Time `json:"upstream_down_since,omitzero"`
+	NextProbe         time.Time `json:"next_probe,omitzero"`
 }
 
 // Stats counts messages by state and account from memory (no disk I/O:
@@ -1028,6 +1123,9 @@ func (q *Queue) Stats() Stats {
 	}
 	for a, r := range q.paused {
 		st.Paused[a] = r
+	}
+	if o := q.outage; o != nil {
+		st.UpstreamDown, st.UpstreamDownSince, st.NextProbe = o.reason, o.since, o.probeAt
 	}
 	return st
 }

@@ -62,7 +62,12 @@ func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckR
 	add(CheckStep{Step: "token", OK: true, Detail: "got an access token (" + tokens.Fingerprint(tok.AccessToken) + ", expires " + tok.Expiry.UTC().Format("2006-01-02 15:04 MST") + ")"})
 	add(permissions(tok.AccessToken, u.Mailbox))
 
-	c, aerr := d.open(ctx)
+	if err := d.acquire(ctx, u); err != nil {
+		add(CheckStep{Step: "connect", Detail: "interrupted while waiting for a free upstream session: " + err.Error()})
+		return done()
+	}
+	defer func() { <-u.sessions }()
+	c, _, aerr := d.open(ctx)
 	if aerr != nil {
 		add(CheckStep{Step: "connect", Detail: fmt.Sprintf("cannot open an SMTP session with %s: %s", d.cfg.Addr, aerr.reply), Fix: connectFix(aerr)})
 		return done()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,8 @@ type DeliveryEvents struct {
 	Delivered func(id, account string, reply queue.Reply, sinceAccepted time.Duration, isBounce bool)
 	// Deferred is called once per attempt that left a recipient deferred.
 	Deferred func(account string)
+	// Panicked is called once per delivery that panicked (recovered).
+	Panicked func(account string)
 }
 
 // Concurrency lets delivery lower an account's parallelism when throttled
@@ -95,6 +98,10 @@ type Delivery struct {
 type upstream struct {
 	UpstreamAccount
 	limiter *rate.Limiter
+	// sessions holds a token per upstream session open (in use, idle in
+	// the pool, or still closing): Microsoft counts sessions, so a new one
+	// is opened only after an old one is closed.
+	sessions chan struct{}
 
 	mu             sync.Mutex
 	idle           []*upConn
@@ -105,6 +112,9 @@ type upstream struct {
 
 type upConn struct {
 	c        *smtp.Client
+	raw      net.Conn // under c (and its TLS): closed to cut a stuck delivery
+	u        *upstream
+	once     sync.Once
 	used     int
 	lastUsed time.Time
 	// tokenExpiry is when the token it signed in with expires: a session
@@ -135,7 +145,8 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 			// steady rate and let Microsoft's per-minute limit be exceeded.
 			lim = rate.NewLimiter(rate.Limit(cfg.RatePerMinute/60), 1)
 		}
-		d.accounts[a.Name] = &upstream{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections}
+		d.accounts[a.Name] = &upstream{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections,
+			sessions: make(chan struct{}, cfg.Connections)}
 	}
 	d.wg.Add(1)
 	go d.janitor()
@@ -144,16 +155,40 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 
 // Close closes idle upstream connections and stops the janitor.
 func (d *Delivery) Close() {
+	select {
+	case <-d.done:
+		return // closed already
+	default:
+	}
 	close(d.done)
 	d.wg.Wait()
 	for _, u := range d.accounts {
 		u.mu.Lock()
-		for _, c := range u.idle {
-			c.c.Quit()
-		}
+		idle := u.idle
 		u.idle = nil
 		u.mu.Unlock()
+		for _, c := range idle {
+			c.quit()
+		}
 	}
+}
+
+// quit ends the session politely (QUIT, bounded by the command timeout)
+// and frees its slot once the connection is closed.
+func (c *upConn) quit() {
+	c.once.Do(func() {
+		c.c.Quit()
+		c.c.Close()
+		<-c.u.sessions
+	})
+}
+
+// drop closes the connection at once and frees its slot.
+func (c *upConn) drop() {
+	c.once.Do(func() {
+		c.c.Close()
+		<-c.u.sessions
+	})
 }
 
 // janitor closes connections idle longer than IdleTimeout.
@@ -181,7 +216,7 @@ func (d *Delivery) janitor() {
 			u.idle = keep
 			u.mu.Unlock()
 			for _, c := range stale {
-				c.c.Quit()
+				c.quit()
 			}
 		}
 	}
@@ -197,6 +232,9 @@ type attemptError struct {
 	reply   queue.Reply
 	pause   string // the account cannot send: pause it with this explanation
 	auth535 bool   // Microsoft answered AUTH with 535 (reply holds it)
+	// unreachable: the upstream could not be reached at all (connection,
+	// DNS, TLS handshake, timeout, 421 at the greeting): an outage.
+	unreachable bool
 }
 
 // Deliver implements queue.Deliverer.
@@ -209,7 +247,7 @@ func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result
 	if err := u.limiter.Wait(ctx); err != nil {
 		return all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"})
 	}
-	res := d.deliver(ctx, u, dl, true)
+	res := d.safeDeliver(ctx, u, dl)
 	if d.events.Deferred != nil {
 		for _, r := range res.Recipients {
 			if r.Outcome == queue.Deferred {
@@ -223,9 +261,29 @@ func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result
 	return res
 }
 
+// safeDeliver runs one delivery; a panic in it is recovered, logged with
+// its stack and counted, and the message deferred: a bug never takes the
+// daemon down, nor burns the message's attempts in a crash loop.
+func (d *Delivery) safeDeliver(ctx context.Context, u *upstream, dl *queue.Delivery) (res queue.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("delivery: panic recovered; the message is deferred", "id", dl.ID, "account", dl.Account,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			if d.events.Panicked != nil {
+				d.events.Panicked(dl.Account)
+			}
+			res = all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.3.0", Text: "internal error in the relay's delivery (logged); will retry"})
+		}
+	}()
+	return d.deliver(ctx, u, dl, true)
+}
+
 func summarize(res queue.Result) string {
 	if res.PauseAccount != "" {
 		return "account paused: " + res.PauseAccount
+	}
+	if res.Unreachable != "" {
+		return "upstream unreachable: " + res.Unreachable
 	}
 	var parts []string
 	for _, r := range res.Recipients {
@@ -272,16 +330,24 @@ func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery,
 		if aerr.pause != "" {
 			return queue.Result{PauseAccount: aerr.pause}
 		}
+		if aerr.unreachable {
+			return queue.Result{Unreachable: aerr.reply.String()}
+		}
 		return all(dl, aerr.outcome, aerr.reply)
 	}
+	// Shutdown (or a cancelled attempt) cuts a stuck transfer at once.
+	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
 	res, healthy := d.transact(ctx, u, c, dl)
+	if !stop() {
+		healthy = false
+	}
 	if healthy && c.used < d.cfg.MessagesPerConnection {
 		c.lastUsed = time.Now()
 		u.mu.Lock()
 		u.idle = append(u.idle, c)
 		u.mu.Unlock()
 	} else {
-		go c.c.Quit()
+		go c.quit() // its slot is free only once it is closed
 	}
 	return res
 }
@@ -300,7 +366,7 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
 		if !time.Now().Before(c.tokenExpiry) {
-			go c.c.Quit()
+			c.quit()
 			continue
 		}
 		// A connection idle for a while may have been dropped by the server:
@@ -308,68 +374,133 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 		// transaction (4.1.1.5).
 		if time.Since(c.lastUsed) > idleCheckAfter {
 			if err := c.c.Noop(); err != nil {
-				c.c.Close()
+				c.drop()
 				continue
 			}
 		}
 		if err := c.c.Reset(); err == nil {
 			return c, nil
 		}
-		c.c.Close()
+		c.drop()
 	}
 	return d.dial(ctx, u)
 }
 
+// acquire takes a session slot for u, waiting for a closing session to
+// finish; an idle pooled session is closed to make room if need be.
+func (d *Delivery) acquire(ctx context.Context, u *upstream) error {
+	for {
+		select {
+		case u.sessions <- struct{}{}:
+			return nil
+		default:
+		}
+		u.mu.Lock()
+		var c *upConn
+		if n := len(u.idle); n > 0 {
+			c, u.idle = u.idle[0], u.idle[1:]
+		}
+		u.mu.Unlock()
+		if c != nil {
+			c.quit()
+			continue
+		}
+		select {
+		case u.sessions <- struct{}{}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptError) {
-	c, aerr := d.open(ctx)
+	if err := d.acquire(ctx, u); err != nil {
+		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"}}
+	}
+	c, raw, aerr := d.open(ctx)
 	if aerr != nil {
+		<-u.sessions
 		return nil, aerr
 	}
 	if d.events.ConnOpened != nil {
 		d.events.ConnOpened(u.Name)
 	}
-	return d.login(ctx, u, c)
+	uc, aerr := d.login(ctx, u, c)
+	if aerr != nil {
+		<-u.sessions
+		return nil, aerr
+	}
+	uc.raw, uc.u = raw, u
+	return uc, nil
+}
+
+// deadlineConn gives every read and write its own deadline: a peer that
+// stops reading or answering for timeout fails the operation, however long
+// the whole transfer (a 35 MB body) takes. go-smtp's client sets deadlines
+// for commands but none while the body is written.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c deadlineConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(p)
+}
+
+func (c deadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
 }
 
 // open connects to the upstream: TCP, TLS (STARTTLS or implicit), EHLO.
-// It refuses a connection without TLS unless InsecureAllowPlaintext.
-func (d *Delivery) open(ctx context.Context) (*smtp.Client, *attemptError) {
+// It refuses a connection without TLS unless InsecureAllowPlaintext. It
+// returns the TCP connection under the client too, to cut it if need be.
+func (d *Delivery) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
+	c, raw, aerr := d.openConn(ctx)
+	if aerr != nil {
+		// Nothing of the session worked: the upstream is unreachable
+		// (an outage), unless it answered at EHLO with something other
+		// than 421.
+		aerr.unreachable = aerr.reply.Code == 421 || aerr.reply.Code == 451 || aerr.reply.Code == 454
+	}
+	return c, raw, aerr
+}
+
+func (d *Delivery) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
 	connErr := func(what string, err error) *attemptError {
 		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, d.cfg.Addr, err)}}
 	}
 	dialer := &net.Dialer{Timeout: d.cfg.DialTimeout}
 	host, _, _ := net.SplitHostPort(d.cfg.Addr)
 	tlsCfg := &tls.Config{ServerName: host, RootCAs: d.cfg.RootCAs, MinVersion: tls.VersionTLS12}
+	raw, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
+	if err != nil {
+		return nil, nil, connErr("cannot connect to", err)
+	}
+	// Every read and write below has its own deadline, TLS included.
+	conn := net.Conn(deadlineConn{Conn: raw, timeout: d.cfg.CommandTimeout})
 	var c *smtp.Client
 	switch d.cfg.TLS {
 	case "implicit":
-		conn, err := tls.DialWithDialer(dialer, "tcp", d.cfg.Addr, tlsCfg)
-		if err != nil {
-			return nil, connErr("cannot connect to", err)
+		tc := tls.Client(conn, tlsCfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, nil, d.tlsErr(err)
 		}
-		c = smtp.NewClient(conn)
+		c = smtp.NewClient(tc)
 	case "starttls":
-		conn, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
-		if err != nil {
-			return nil, connErr("cannot connect to", err)
-		}
-		conn.SetDeadline(time.Now().Add(d.cfg.CommandTimeout))
 		c, err = smtp.NewClientStartTLS(conn, tlsCfg)
 		if err != nil {
-			conn.Close()
+			raw.Close()
 			var se *smtp.SMTPError
 			if errors.As(err, &se) {
-				return nil, d.replyErr("STARTTLS", err)
+				return nil, nil, d.replyErr("STARTTLS", err)
 			}
-			return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
-				Text: fmt.Sprintf("STARTTLS with %s failed (%v); refusing to send an OAuth token without TLS", d.cfg.Addr, err)}}
+			return nil, nil, d.tlsErr(err)
 		}
-		conn.SetDeadline(time.Time{})
 	default:
-		conn, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
-		if err != nil {
-			return nil, connErr("cannot connect to", err)
-		}
 		c = smtp.NewClient(conn)
 	}
 	c.CommandTimeout = d.cfg.CommandTimeout
@@ -379,17 +510,26 @@ func (d *Delivery) open(ctx context.Context) (*smtp.Client, *attemptError) {
 		c.Close()
 		var ce *tls.CertificateVerificationError
 		if errors.As(err, &ce) {
-			return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.5",
-				Text: fmt.Sprintf("certificate of %s not trusted: %v (upstream.ca_file adds a CA)", d.cfg.Addr, ce.Err)}}
+			return nil, nil, d.tlsErr(err)
 		}
-		return nil, d.replyErr("EHLO", err)
+		return nil, nil, d.replyErr("EHLO", err)
 	}
 	if _, isTLS := c.TLSConnectionState(); !isTLS && !d.cfg.InsecureAllowPlaintext {
 		c.Close()
-		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
+		return nil, nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
 			Text: "upstream connection is not encrypted; refusing to send an OAuth token"}}
 	}
-	return c, nil
+	return c, raw, nil
+}
+
+func (d *Delivery) tlsErr(err error) *attemptError {
+	var ce *tls.CertificateVerificationError
+	if errors.As(err, &ce) {
+		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.5",
+			Text: fmt.Sprintf("certificate of %s not trusted: %v (upstream.ca_file adds a CA)", d.cfg.Addr, ce.Err)}}
+	}
+	return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
+		Text: fmt.Sprintf("TLS with %s failed (%v); refusing to send an OAuth token without TLS", d.cfg.Addr, err)}}
 }
 
 // login signs in to an open upstream connection with the account's token

@@ -30,6 +30,7 @@ type Metrics struct {
 	sent        *prometheus.CounterVec
 	throttled   *prometheus.CounterVec
 	refreshes   *prometheus.CounterVec
+	panics      prometheus.Counter
 }
 
 // NewMetrics registers the metrics in a registry of their own.
@@ -58,6 +59,8 @@ func NewMetrics() *Metrics {
 	m.sent = f("oauthrelay_upstream_messages_total", "Messages sent upstream and accepted, by account.", "account")
 	m.throttled = f("oauthrelay_upstream_throttled_total", "Times Microsoft throttled an account (421 4.4.2, 432 4.3.2).", "account")
 	m.refreshes = f("oauthrelay_token_refreshes_total", "Token requests to Entra ID, by account and result (ok, transient, refused).", "account", "result")
+	m.panics = prometheus.NewCounter(prometheus.CounterOpts{Name: "oauthrelay_delivery_panics_total", Help: "Deliveries that panicked (recovered, logged with the stack; the message was deferred). Anything above 0 is a bug: please report it."})
+	m.reg.MustRegister(m.panics)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -130,6 +133,12 @@ func (m *Metrics) deliveryEvents(next DeliveryEvents) DeliveryEvents {
 				next.Deferred(account)
 			}
 		},
+		Panicked: func(account string) {
+			m.panics.Inc()
+			if next.Panicked != nil {
+				next.Panicked(account)
+			}
+		},
 	}
 }
 
@@ -141,6 +150,8 @@ type stateCollector struct {
 	oldest *prometheus.Desc
 	bytes  *prometheus.Desc
 	logB   *prometheus.Desc
+	up     *prometheus.Desc
+	full   *prometheus.Desc
 	state  *prometheus.Desc
 	expiry *prometheus.Desc
 	last   *prometheus.Desc
@@ -152,6 +163,8 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 		oldest: prometheus.NewDesc("oauthrelay_queue_oldest_message_age_seconds", "Age of the oldest message waiting for delivery (0 if none).", nil, nil),
 		bytes:  prometheus.NewDesc("oauthrelay_spool_bytes", "Bytes of message bodies in the spool (live and failed).", nil, nil),
 		logB:   prometheus.NewDesc("oauthrelay_spool_log_bytes", "Bytes of the spool's log segments on disk: live records and garbage not yet reclaimed.", nil, nil),
+		up:     prometheus.NewDesc("oauthrelay_upstream_up", "1 while Microsoft 365 can be reached, 0 during an outage (mail is held and the upstream probed).", nil, nil),
+		full:   prometheus.NewDesc("oauthrelay_spool_disk_full", "1 while the spool's disk is full (new mail refused with 452 4.3.1, queued mail still delivered).", nil, nil),
 		state:  prometheus.NewDesc("oauthrelay_account_state", "1 for the account's current state (connected, needs_reconnect, misconfigured, not_connected, smtp_auth_disabled, smtp_auth_refused).", []string{"account", "state"}, nil),
 		expiry: prometheus.NewDesc("oauthrelay_access_token_expiry_timestamp_seconds", "When the account's current access token expires (Unix time).", []string{"account"}, nil),
 		last:   prometheus.NewDesc("oauthrelay_refresh_token_last_refresh_timestamp_seconds", "When the account's refresh token was last used or renewed (Unix time).", []string{"account"}, nil),
@@ -159,7 +172,7 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.logB, c.state, c.expiry, c.last} {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.logB, c.up, c.full, c.state, c.expiry, c.last} {
 		ch <- d
 	}
 }
@@ -195,4 +208,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.Bytes))
 	ch <- prometheus.MustNewConstMetric(c.logB, prometheus.GaugeValue, float64(st.LogBytes))
+	up, full := 1.0, 0.0
+	if st.UpstreamDown != "" {
+		up = 0
+	}
+	if _, f := c.q.DiskFull(); f {
+		full = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(c.full, prometheus.GaugeValue, full)
 }

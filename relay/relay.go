@@ -51,6 +51,7 @@ type Hooks struct {
 	// Tune adjusts component options before they are built (tests shorten timings).
 	TuneUpstream func(*UpstreamConfig)
 	TuneTokens   func(*tokens.Options)
+	TuneQueue    func(*queue.Options)
 	// Version is shown on the status page and in /api/status.
 	Version string
 }
@@ -181,6 +182,9 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		Workers: c.Delivery.Workers, AccountConcurrency: c.Delivery.Connections,
 		Retry:           queue.RetryPolicy{Delays: c.Delivery.Retry, Jitter: c.Delivery.Jitter, MaxAge: c.Delivery.MaxAge},
 		FailedRetention: c.Spool.FailedRetention, Logger: log,
+	}
+	if hooks.TuneQueue != nil {
+		hooks.TuneQueue(&qo)
 	}
 	if r.Queue, err = queue.Open(qo); err != nil {
 		r.Delivery.Close()

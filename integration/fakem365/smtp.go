@@ -63,6 +63,9 @@ type SMTP struct {
 
 	conns   atomic.Int64 // connections accepted, ever
 	active  atomic.Int64
+	peak    atomic.Int64 // most connections open at once
+	down    atomic.Bool  // answer 421 4.3.2 at the greeting and close
+	stall   atomic.Int64 // > 0: each DATA reads this many bytes, then nothing more
 	auths   atomic.Int64
 	authOK  atomic.Int64
 	counter map[Stage]int
@@ -278,9 +281,30 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	l.s.conns.Add(1)
-	l.s.active.Add(1)
-	return &countedConn{Conn: c, s: l.s}, nil
+	n := l.s.active.Add(1)
+	for p := l.s.peak.Load(); n > p && !l.s.peak.CompareAndSwap(p, n); p = l.s.peak.Load() {
+	}
+	cc := &countedConn{Conn: c, s: l.s}
+	if l.s.down.Load() {
+		// Exchange Online under load or in an incident (M365.md).
+		cc.Write([]byte("421 4.3.2 Service not available, closing transmission channel\r\n"))
+		cc.Close()
+		return l.Accept()
+	}
+	return cc, nil
 }
+
+// SetDown makes every new connection get 421 4.3.2 at the greeting and be
+// closed, as an Exchange Online outage looks to a client; false ends it.
+func (s *SMTP) SetDown(down bool) { s.down.Store(down) }
+
+// StallDuringData makes each DATA read n bytes of the message and then
+// stop reading (a peer that hangs mid-transfer); 0 ends it. The session
+// stays open until the client gives up.
+func (s *SMTP) StallDuringData(n int) { s.stall.Store(int64(n)) }
+
+// PeakConnections is the most connections that were open at once.
+func (s *SMTP) PeakConnections() int { return int(s.peak.Load()) }
 
 type countedConn struct {
 	net.Conn
@@ -414,6 +438,15 @@ func (f *fakeSession) Data(r io.Reader) error {
 	s.mu.Unlock()
 	if drop {
 		io.CopyN(io.Discard, r, 16)
+		f.conn.Conn().Close()
+		return io.ErrUnexpectedEOF
+	}
+	if n := s.stall.Load(); n > 0 {
+		io.CopyN(io.Discard, r, n)
+		// Read nothing more for a minute (or until the stall is lifted).
+		for end := time.Now().Add(time.Minute); time.Now().Before(end) && s.stall.Load() > 0; {
+			time.Sleep(50 * time.Millisecond)
+		}
 		f.conn.Conn().Close()
 		return io.ErrUnexpectedEOF
 	}
