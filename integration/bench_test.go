@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
 )
 
@@ -46,4 +47,38 @@ func BenchmarkEndToEnd20Clients(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	b.ReportMetric(float64(h.fake.SMTP.Connections()), "upstream-conns")
+}
+
+// BenchmarkOutageRecovery: b.N messages queued while Microsoft answers 421
+// at the greeting (an outage), then Microsoft comes back. It reports how
+// long until the first is delivered (at most the probe wait left when the
+// upstream returned, reported as probe-wait-s) and the delivery rate of the
+// whole backlog, to compare with BenchmarkEndToEnd20Clients at the same N.
+//
+//	go test ./integration -run '^$' -bench OutageRecovery -benchtime 10000x
+func BenchmarkOutageRecovery(b *testing.B) {
+	h := newHarness(b, nil, relay.Hooks{})
+	h.connect()
+	h.fake.SMTP.SetDown(true)
+	sendMany(b, h.relay.SMTPAddr(), b.N, 20, body4k)
+	waitFor(b, "the outage noticed", time.Minute, func() bool { return h.relay.Queue.Stats().UpstreamDown != "" })
+	for _, m := range h.relay.Queue.List(queue.Filter{}) {
+		if m.Attempts != 0 {
+			b.Fatalf("%s used %d attempts during the outage", m.ID, m.Attempts)
+		}
+	}
+	probeWait := time.Until(h.relay.Queue.Stats().NextProbe)
+	b.ResetTimer()
+	h.fake.SMTP.SetDown(false)
+	start := time.Now()
+	h.fake.SMTP.WaitMessages(1, time.Minute)
+	first := time.Since(start)
+	got := len(h.fake.SMTP.WaitMessages(b.N, 5*time.Minute))
+	b.StopTimer()
+	if got < b.N {
+		b.Fatalf("only %d of %d delivered after the outage", got, b.N)
+	}
+	b.ReportMetric(first.Seconds(), "first-s")
+	b.ReportMetric(max(probeWait, 0).Seconds(), "probe-wait-s")
+	b.ReportMetric(float64(b.N)/(b.Elapsed()-first).Seconds(), "msgs/s-after-first")
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -568,7 +569,7 @@ func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
 		Attempt: m.Attempts, Size: m.Size, Arrived: m.Arrived,
 		open: func() (io.ReadCloser, error) { return q.store.openBody(m.ID) },
 	}
-	res := q.opts.Deliverer.Deliver(q.ctx, d)
+	res := q.deliver(d)
 	now = q.now()
 	m = m.clone() // it.meta is shared with readers: never change it in place
 
@@ -623,6 +624,23 @@ func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
 	}
 	q.setMeta(it, m)
 	return m.NextAttempt, true
+}
+
+// deliver calls the Deliverer; a panic in it is recovered and logged with
+// its stack, and every recipient deferred (the Deliverer should recover
+// its own; this is the last line).
+func (q *Queue) deliver(d *Delivery) (res Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			q.log.Error("queue: delivery panicked; the message is deferred", "id", d.ID, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			res = Result{}
+			for _, to := range d.To {
+				res.Recipients = append(res.Recipients, RcptResult{Addr: to, Outcome: Deferred,
+					Reply: Reply{Code: 451, Enhanced: "4.3.0", Text: "internal error in delivery (logged); will retry"}})
+			}
+		}
+	}()
+	return q.opts.Deliverer.Deliver(q.ctx, d)
 }
 
 // upstreamUnreachable starts an outage, or after a failed probe doubles

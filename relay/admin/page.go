@@ -106,6 +106,7 @@ type pageData struct {
 	Version  string
 	CSRF     string
 	Flash    string
+	Outage   string
 	Ready    Ready
 	Accounts []accountView
 	States   []queue.MessageState
@@ -181,6 +182,10 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		Total:  st.ByState, Bytes: humanBytes(st.Bytes), Oldest: "none waiting"}
 	if !st.Oldest.IsZero() {
 		d.Oldest = ago(st.Oldest)
+	}
+	if st.UpstreamDown != "" {
+		d.Outage = fmt.Sprintf("Microsoft 365 cannot be reached (since %s): %s. All mail is held without using up attempts; next probe %s.",
+			ago(st.UpstreamDownSince), st.UpstreamDown, ago(st.NextProbe))
 	}
 	for _, a := range s.opts.Accounts.States() {
 		v := accountView{AccountState: a, Delegated: a.Flow != tokens.FlowClientCredentials}
@@ -272,6 +277,8 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 <form class="inline" method="post" action="/logout"><input type="hidden" name="csrf" value="{{.CSRF}}"><button class="btn light">Log out</button></form></header>
 <main>
 {{if .Flash}}<div class="flash">{{.Flash}}</div>{{end}}
+{{if .Outage}}<div class="flash warn" id="outage">{{.Outage}}</div>{{end}}
+{{if not .Ready.Ready}}<div class="flash warn" id="not-ready">Not ready: spool {{.Ready.Spool}}; listener {{.Ready.Listener}}.</div>{{end}}
 <section><h2>Accounts</h2><div class="cards">
 {{range .Accounts}}<div class="card" id="account-{{.Account}}">
 <div><strong>{{.Account}}</strong> <span class="badge {{string .State}}" data-state="{{string .State}}">{{if eq (string .State) "connected"}}connected{{else if eq (string .State) "needs_reconnect"}}needs reconnect{{else if eq (string .State) "misconfigured"}}misconfigured{{else if eq (string .State) "smtp_auth_disabled"}}SMTP AUTH disabled{{else if eq (string .State) "smtp_auth_refused"}}login refused{{else}}not connected{{end}}</span></div>
