@@ -56,6 +56,9 @@ type Hooks struct {
 	Version string
 }
 
+// AdminMaxConns caps the admin server's open connections.
+const AdminMaxConns = 64
+
 // AdminPublicURL is admin.public_url, or the admin address as a URL.
 func AdminPublicURL(c *configs.Config) string {
 	if c.Admin.PublicURL != "" {
@@ -232,6 +235,8 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 			return ExplainReply(rep, r.Tokens.Mailbox(account), sender)
 		},
 		Check: func(ctx context.Context, account string) admin.CheckResult {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute) // within the admin server's write timeout
+			defer cancel()
 			return r.Delivery.Check(ctx, account, r.Tokens.State(account).ConsentedBy)
 		},
 		Log: log,
@@ -308,7 +313,11 @@ func (r *Relay) StartWith(smtpLn, adminLn net.Listener) {
 	r.smtpLn, r.adminLn = smtpLn, adminLn
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.adminSrv = &http.Server{Handler: r.Admin, ReadHeaderTimeout: 10 * time.Second}
+	// Bounded in time, size and number: an unauthenticated client can hold
+	// neither a connection nor memory for long (README, Security).
+	r.adminLn = admin.LimitListener(adminLn, AdminMaxConns)
+	r.adminSrv = &http.Server{Handler: r.Admin, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32 << 10}
 	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.Tokens.Run(ctx) }()
 	go func() {

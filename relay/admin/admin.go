@@ -4,8 +4,10 @@
 // Every page and API call needs the admin token: the API as
 // "Authorization: Bearer <token>", pages through a login form that sets an
 // HttpOnly, SameSite=Strict session cookie. State-changing calls are POST or
-// DELETE only; forms carry a per-session CSRF token. Wrong tokens get 401,
-// and repeated ones 429. /healthz and /readyz need no token and reveal
+// DELETE only; forms carry a per-session CSRF token. Wrong tokens get 401;
+// after five from one address it is locked out for a doubling period (1 s
+// up to 15 min) in which every attempt, right or wrong, gets 429. Request
+// bodies are capped at MaxRequestBody. /healthz and /readyz need no token and reveal
 // nothing secret. The OAuth callback needs no session (Microsoft's redirect
 // is cross-site, so a SameSite=Strict cookie is not sent): its single-use
 // state protects it.
@@ -26,10 +28,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/tokens"
-	"golang.org/x/time/rate"
 )
 
 // Queue is what the admin server does with the queue (*queue.Queue).
@@ -78,7 +78,7 @@ type Server struct {
 	mux      *http.ServeMux
 	mu       sync.Mutex
 	sessions map[string]session
-	failures *expirable.LRU[string, *rate.Limiter]
+	lock     *lockout
 }
 
 type session struct {
@@ -93,11 +93,13 @@ func New(opts Options) (*Server, error) {
 	if len(opts.Token) < 16 {
 		return nil, errors.New("admin: the admin token must be at least 16 characters (admin.token)")
 	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
 	if opts.SessionLifetime <= 0 {
 		opts.SessionLifetime = 12 * time.Hour
 	}
-	s := &Server{opts: opts, mux: http.NewServeMux(), sessions: map[string]session{},
-		failures: expirable.NewLRU[string, *rate.Limiter](4096, nil, time.Hour)}
+	s := &Server{opts: opts, mux: http.NewServeMux(), sessions: map[string]session{}, lock: newLockout(opts.Log)}
 	m := s.mux
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	m.HandleFunc("GET /readyz", s.readyz)
@@ -132,7 +134,17 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// MaxRequestBody caps every request body: a login form or an API call
+// needs a few KiB, and an unauthenticated client must not make the server
+// hold megabytes.
+const MaxRequestBody = 16 << 10
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > MaxRequestBody {
+		http.Error(w, fmt.Sprintf("request body too large (at most %d bytes)", MaxRequestBody), http.StatusRequestEntityTooLarge)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("Referrer-Policy", "no-referrer")
@@ -147,29 +159,30 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// tooMany records a failed login from the client and reports whether it is
-// over its allowance (5 at once, then one every 2 seconds).
-func (s *Server) tooMany(r *http.Request) bool {
+// checkToken checks a presented admin token against the lockout: a locked
+// out address is refused (429, with how long) whatever it sends.
+func (s *Server) checkToken(w http.ResponseWriter, r *http.Request, given string) (ok bool, locked time.Duration) {
 	ip := clientIP(r)
-	lim, ok := s.failures.Get(ip)
-	if !ok {
-		lim = rate.NewLimiter(rate.Every(2*time.Second), 5)
-		s.failures.Add(ip, lim)
+	if left, l := s.lock.locked(ip); l {
+		w.Header().Set("Retry-After", fmt.Sprint(int(left.Seconds())+1))
+		return false, left
 	}
-	return !lim.Allow()
-}
-
-func (s *Server) tokenOK(given string) bool {
-	return subtle.ConstantTimeCompare([]byte(given), []byte(s.opts.Token)) == 1
+	if !equalSecret(given, s.opts.Token) {
+		s.lock.fail(ip)
+		return false, 0
+	}
+	s.lock.success(ip)
+	return true, 0
 }
 
 // api requires "Authorization: Bearer <admin token>".
 func (s *Server) api(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !s.tokenOK(given) {
-			if s.tooMany(r) {
-				writeError(w, http.StatusTooManyRequests, "too many wrong admin tokens from this address; wait and try again")
+		given, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		ok, locked := s.checkToken(w, r, given)
+		if !ok {
+			if locked > 0 {
+				writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many wrong admin tokens from this address: locked out for %s more (every attempt is refused until then)", locked.Round(time.Second)))
 				return
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="oauthrelay"`)
@@ -224,9 +237,9 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
-	if !s.tokenOK(r.PostFormValue("token")) {
-		if s.tooMany(r) {
-			renderLogin(w, http.StatusTooManyRequests, "Too many wrong tokens from this address. Wait a minute and try again.")
+	if ok, locked := s.checkToken(w, r, r.PostFormValue("token")); !ok {
+		if locked > 0 {
+			renderLogin(w, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong tokens from this address: locked out for %s more.", locked.Round(time.Second)))
 			return
 		}
 		s.opts.Log.Warn("admin: wrong admin token at login", "client", clientIP(r))

@@ -1,0 +1,82 @@
+package integration
+
+import (
+	"bytes"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/relay"
+)
+
+// Guessing the admin token is really slowed: past a few wrong tokens, an
+// address is locked out and every attempt from it — even the right token,
+// even through the login form — is refused until the lock ends; the lock is
+// logged once, with the address.
+func TestAdmin_GuessingIsLockedOut(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, relay.Hooks{})
+	codes := map[int]int{}
+	for range 300 {
+		code, _ := api(t, h, "GET", "/api/status", "wrong-token-0123456789")
+		codes[code]++
+	}
+	if codes[401] != 6 || codes[429] != 294 {
+		t.Errorf("300 wrong tokens got %v: want 6×401 (5 free, the 6th starts the lock) and then 429", codes)
+	}
+	if code, body := api(t, h, "GET", "/api/status", h.relay.AdminToken); code != 429 || !strings.Contains(body, "locked out") {
+		t.Errorf("the right token during a lockout: %d %s", code, body)
+	}
+	resp, err := http.PostForm("http://"+h.relay.AdminAddr()+"/login", url.Values{"token": {h.relay.AdminToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 429 || len(resp.Cookies()) != 0 {
+		t.Errorf("login with the right token during a lockout: %d, cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	if n := strings.Count(h.logs.String(), "address locked out"); n != 1 {
+		t.Errorf("%d lockout log lines, want 1", n)
+	}
+	if !strings.Contains(h.logs.String(), "client=127.0.0.1") {
+		t.Errorf("lockout not logged with the address")
+	}
+	time.Sleep(1100 * time.Millisecond) // the first lock is 1 s
+	if code, _ := api(t, h, "GET", "/api/status", h.relay.AdminToken); code != 200 {
+		t.Errorf("the right token after the lock: %d", code)
+	}
+	// The success forgot the failures: five wrong ones are free again.
+	for i := range 5 {
+		if code, _ := api(t, h, "GET", "/api/status", "wrong-again-0123456789"); code != 401 {
+			t.Errorf("wrong token %d after a success: %d", i+1, code)
+		}
+	}
+}
+
+// A request body cannot make the admin server hold megabytes: a login form
+// or an API call is refused past 16 KiB, before anything reads it whole.
+func TestAdmin_RequestBodiesAreCapped(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, relay.Hooks{})
+	big := bytes.Repeat([]byte("token=xxxxxxxx&"), 700_000) // 10 MB
+	resp, err := http.Post("http://"+h.relay.AdminAddr()+"/login", "application/x-www-form-urlencoded", bytes.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("10 MB login form: %d, want 413", resp.StatusCode)
+	}
+	// Without a length (chunked), the cap applies while reading.
+	req, _ := http.NewRequest("POST", "http://"+h.relay.AdminAddr()+"/login", struct{ *bytes.Reader }{bytes.NewReader(big)})
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err = http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusSeeOther {
+			t.Errorf("10 MB chunked login form: %d", resp.StatusCode)
+		}
+	}
+}
