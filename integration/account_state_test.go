@@ -2,8 +2,11 @@ package integration
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +190,60 @@ func TestE2E_CheckAccount(t *testing.T) {
 	}
 	if code, _ := api(t, h, "POST", "/api/accounts/nope/test", tok); code != 404 {
 		t.Errorf("unknown account: %d", code)
+	}
+}
+
+// A device_code account's Connect button runs the device flow on the page
+// (the redirect URI is registered only for authorization_code accounts):
+// it shows the code and link and reloads itself until the sign-in is done.
+// The page's Test button shows the check's steps.
+func TestAdmin_DeviceCodeAccountConnectsOnThePage(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(c *configs.Config) { c.Accounts[0].Flow = configs.FlowDeviceCode }, relay.Hooks{})
+	base := "http://" + h.relay.AdminAddr()
+	browser := h.browser()
+	resp, err := browser.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(page), `href="/connect/helpdesk"`) || !strings.Contains(string(page), `action="/ui/accounts/helpdesk/device"`) {
+		t.Fatalf("a device_code account offers the redirect flow:\n%s", page)
+	}
+	csrf := string(csrfField.FindSubmatch(page)[1])
+	resp, err = browser.PostForm(base+"/ui/accounts/helpdesk/device", url.Values{"csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`id="user-code"><strong>([^<]+)</strong>`).FindSubmatch(page)
+	if m == nil || !strings.Contains(string(page), `http-equiv="refresh"`) {
+		t.Fatalf("no code on the page:\n%s", page)
+	}
+	if err := h.fake.Entra.ApproveDevice(string(m[1]), mailbox); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the page to say connected", 10*time.Second, func() bool {
+		resp, err := browser.Get(base + "/ui/accounts/helpdesk/device")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(b), `id="device-result">Connected`)
+	})
+	if st := h.relay.Tokens.State("helpdesk"); st.State != tokens.Connected {
+		t.Errorf("state %s", st.State)
+	}
+	resp, err = browser.PostForm(base+"/ui/accounts/helpdesk/test", url.Values{"csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "passed") || !strings.Contains(string(page), "XOAUTH2 login") {
+		t.Errorf("test page:\n%s", page)
 	}
 }

@@ -212,6 +212,7 @@ func (k *FileKeysafe) update(change func(map[string]Record)) error {
 		return fmt.Errorf("keysafe %s: %w", k.path, err)
 	}
 	defer lock.Close()
+	keepOwner(lock, k.path)
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return fmt.Errorf("keysafe %s: lock: %w", k.path, err)
 	}
@@ -249,6 +250,7 @@ func (k *FileKeysafe) writeAtomic(data []byte) error {
 		tmp.Close()
 		return err
 	}
+	keepOwner(tmp, k.path)
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
@@ -272,6 +274,26 @@ func (k *FileKeysafe) writeAtomic(data []byte) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// keepOwner gives f the owner and group of the file at like, or, if that
+// does not exist, of its folder. Run as root (the CLI beside a service with
+// its own user), a write then never takes the service's state away from it.
+// Not being allowed to (not root) is fine: the file is then the writer's
+// own, as it would be anyway.
+func keepOwner(f *os.File, like string) {
+	info, err := os.Stat(like)
+	if err != nil {
+		info, err = os.Stat(filepath.Dir(like))
+	}
+	if err != nil {
+		return
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) == os.Geteuid() && int(st.Gid) == os.Getegid() {
+		return
+	}
+	f.Chown(int(st.Uid), int(st.Gid))
 }
 
 // LoadKey finds the keysafe key: keyB64 (keysafe.key or
@@ -323,6 +345,7 @@ func writeSecretFile(path, secret string) error {
 	if err != nil {
 		return err
 	}
+	keepOwner(f, filepath.Dir(path)) // new: the folder says whose it is
 	_, err = f.WriteString(secret + "\n")
 	if err == nil {
 		err = f.Sync()

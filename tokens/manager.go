@@ -128,6 +128,7 @@ type Manager struct {
 
 	pendMu  sync.Mutex
 	pending map[string]pendingConnect
+	devices map[string]*DeviceSignIn // latest device-code sign-in per account
 }
 
 type cached struct {
@@ -184,7 +185,7 @@ func NewManager(opts Options) (*Manager, error) {
 		opts: opts, log: opts.Logger, accounts: map[string]*account{},
 		cache:   expirable.NewLRU[string, cached](1024, nil, 2*time.Hour),
 		subs:    map[int]func(AccountState){},
-		pending: map[string]pendingConnect{},
+		pending: map[string]pendingConnect{}, devices: map[string]*DeviceSignIn{},
 	}
 	for _, a := range opts.Accounts {
 		if a.Authority == "" {

@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -39,12 +41,29 @@ delivers the account's waiting mail.
 				return err
 			}
 			c := &loaded.Config
+			name := args[0]
+			device, _ := cmd.Flags().GetBool("device")
+			for _, a := range c.Accounts {
+				if a.Name == name && a.Flow == configs.FlowDeviceCode {
+					device = true // the flow the account is set up for (no redirect URI needed)
+				}
+			}
+			// While serve runs, the sign-in runs in it, so only the service
+			// ever writes its keysafe (files it owns, whoever runs the CLI).
+			if api, err := newAPIClient(cmd); err == nil {
+				var raw json.RawMessage
+				switch err := api.call("GET", "/api/accounts", &raw); {
+				case err == nil:
+					return connectViaServer(cmd, api, c, name, device)
+				case !isUnreachable(err):
+					return fmt.Errorf("the relay is running at %s but refused the CLI (%v); fix the admin token, or stop serve to connect offline", api.base, err)
+				}
+			}
 			log := newLogger(c.Log, os.Stderr)
 			m, err := relay.OpenTokens(c, log, nil)
 			if err != nil {
 				return err
 			}
-			name := args[0]
 			acct, ok := m.Account(name)
 			if !ok {
 				return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
@@ -57,7 +76,7 @@ delivers the account's waiting mail.
 				return nil
 			}
 			out := cmd.OutOrStdout()
-			if device, _ := cmd.Flags().GetBool("device"); device {
+			if device {
 				upn, err := m.ConnectDevice(cmd.Context(), name, func(dc tokens.DeviceCode) {
 					fmt.Fprintln(out, dc.Message)
 					fmt.Fprintf(out, "Waiting for the sign-in (the code expires at %s)…\n", dc.Expires.Format("15:04:05"))
@@ -80,6 +99,66 @@ delivers the account's waiting mail.
 	}
 	cmd.Flags().Bool("device", false, "use the device-code flow (no browser on this machine needed)")
 	return cmd
+}
+
+// connectViaServer runs the sign-in in the running relay: a device code
+// it shows here and polls for, the Connect page's URL, or (app-only) a
+// token fetch.
+func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, name string, device bool) error {
+	out := cmd.OutOrStdout()
+	var flow string
+	for _, a := range c.Accounts {
+		if a.Name == name {
+			flow = a.Flow
+		}
+	}
+	switch {
+	case flow == "":
+		return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
+	case flow == configs.FlowClientCredentials:
+		var res struct{ Result string }
+		if err := api.call("POST", "/api/accounts/"+url.PathEscape(name)+"/retry", &res); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "Account %s uses client credentials: no sign-in needed; the relay fetched a token (%s).\n", name, res.Result)
+		return nil
+	case !device:
+		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", tokens.ConnectURL(relay.AdminPublicURL(c), name))
+		return nil
+	}
+	var d tokens.DeviceSignIn
+	if err := api.call("POST", "/api/accounts/"+url.PathEscape(name)+"/device", &d); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, d.Message)
+	fmt.Fprintf(out, "Waiting for the sign-in (the code expires at %s)…\n", d.Expires.Local().Format("15:04:05"))
+	for d.Status == "pending" {
+		select {
+		case <-cmd.Context().Done():
+			return errors.New("stopped waiting; the sign-in can still be completed: the relay keeps polling until the code expires")
+		case <-time.After(2 * time.Second):
+		}
+		if err := api.call("GET", "/api/accounts/"+url.PathEscape(name)+"/device", &d); err != nil {
+			return err
+		}
+	}
+	if d.Status != "connected" {
+		return fmt.Errorf("not connected: %s", d.Error)
+	}
+	who := d.SignedInAs
+	if who == "" {
+		who = "the signed-in user"
+	}
+	fmt.Fprintf(out, "Connected as %s; mail for account %s flows now.\n", who, name)
+	if d.Warning != "" {
+		fmt.Fprintf(out, "Warning: %s.\n", d.Warning)
+	}
+	return nil
+}
+
+// isUnreachable: nothing listens at the admin address (serve not running).
+func isUnreachable(err error) bool {
+	return strings.Contains(err.Error(), "cannot reach the relay's admin API")
 }
 
 // connectInBrowser prints the running relay's Connect URL, or serves the

@@ -51,6 +51,10 @@ type Accounts interface {
 	// Retry tries an account that needs attention again and, if it works,
 	// resumes its mail (tokens.Manager.Retry).
 	Retry(ctx context.Context, name string) (tokens.AccountState, error)
+	// StartDeviceSignIn and DeviceSignInStatus run a device-code sign-in
+	// in the relay (tokens.Manager).
+	StartDeviceSignIn(name string) (tokens.DeviceSignIn, error)
+	DeviceSignInStatus(name string) (tokens.DeviceSignIn, bool)
 }
 
 // Options configure the admin server.
@@ -114,6 +118,8 @@ func New(opts Options) (*Server, error) {
 	m.Handle("POST /ui/queue/flush", s.page(s.uiAction))
 	m.Handle("POST /ui/accounts/{name}/retry", s.page(s.uiAccountRetry))
 	m.Handle("POST /ui/accounts/{name}/test", s.page(s.uiAccountTest))
+	m.Handle("POST /ui/accounts/{name}/device", s.page(s.uiDeviceStart))
+	m.Handle("GET /ui/accounts/{name}/device", s.page(s.uiDeviceStatus))
 	connect := opts.Accounts.ConnectHandler()
 	m.Handle("GET /connect/{account}", s.page(connect.ServeHTTP))
 	m.Handle("GET /oauth/callback", connect) // guarded by its single-use state
@@ -128,6 +134,8 @@ func New(opts Options) (*Server, error) {
 	m.Handle("POST /api/failed/{id}/requeue", s.api(s.apiRequeue))
 	m.Handle("POST /api/accounts/{name}/retry", s.api(s.apiAccountRetry))
 	m.Handle("POST /api/accounts/{name}/test", s.api(s.apiAccountTest))
+	m.Handle("POST /api/accounts/{name}/device", s.api(s.apiDeviceStart))
+	m.Handle("GET /api/accounts/{name}/device", s.api(s.apiDeviceStatus))
 	if opts.Metrics != nil {
 		m.Handle("GET /metrics", s.api(opts.Metrics.ServeHTTP))
 	}

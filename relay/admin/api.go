@@ -165,3 +165,33 @@ func (s *Server) apiRequeue(w http.ResponseWriter, r *http.Request) {
 	s.opts.Log.Info("admin: requeued", "id", nid, "from", id)
 	writeJSON(w, http.StatusOK, map[string]string{"result": "requeued", "id": nid, "from": id})
 }
+
+// apiDeviceStart starts a device-code sign-in in the relay (or returns the
+// pending one): `oauthrelay connect --device` uses it while serve runs, so
+// only the service writes its keysafe.
+func (s *Server) apiDeviceStart(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.knownAccount(w, name) {
+		return
+	}
+	d, err := s.opts.Accounts.StartDeviceSignIn(name)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	s.opts.Log.Info("admin: device sign-in started", "account", name)
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) apiDeviceStatus(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.knownAccount(w, name) {
+		return
+	}
+	d, ok := s.opts.Accounts.DeviceSignInStatus(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no device sign-in started for "+name)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}

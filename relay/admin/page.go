@@ -88,6 +88,30 @@ func (s *Server) uiAccountTest(w http.ResponseWriter, r *http.Request) {
 	checkTmpl.Execute(w, res)
 }
 
+// uiDeviceStart is the Connect button of a device_code account: the relay
+// asks Microsoft for a code and the page shows it.
+func (s *Server) uiDeviceStart(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := s.opts.Accounts.StartDeviceSignIn(name); err != nil {
+		http.Redirect(w, r, "/?msg="+url.QueryEscape("Could not start the sign-in for "+name+": "+err.Error()), http.StatusSeeOther)
+		return
+	}
+	http.Redirect(w, r, "/ui/accounts/"+url.PathEscape(name)+"/device", http.StatusSeeOther)
+}
+
+// uiDeviceStatus shows the code and the link, and reloads itself every few
+// seconds (no JavaScript) until the sign-in is done.
+func (s *Server) uiDeviceStatus(w http.ResponseWriter, r *http.Request) {
+	d, ok := s.opts.Accounts.DeviceSignInStatus(r.PathValue("name"))
+	if !ok {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	deviceTmpl.Execute(w, d)
+}
+
 type accountView struct {
 	tokens.AccountState
 	Delegated bool
@@ -290,7 +314,8 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 <p class="muted">{{if .ConsentedBy}}Signed in as {{.ConsentedBy}} {{ago .ConsentedAt}}.<br>{{end}}
 Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry.Format "2006-01-02 15:04 MST"}}{{if .Fingerprint}} ({{.Fingerprint}}){{end}}{{end}}.
 {{if not .LastRefresh.IsZero}}Last refresh {{ago .LastRefresh}}.{{end}}</p>
-{{if .Delegated}}<a class="btn" id="connect-{{.Account}}" href="/connect/{{.Account}}">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</a>{{end}}
+{{if eq .Flow "device_code"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/device"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="connect-{{.Account}}" title="shows a code to enter at Microsoft's sign-in page">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</button></form>
+{{else if .Delegated}}<a class="btn" id="connect-{{.Account}}" href="/connect/{{.Account}}">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</a>{{end}}
 {{if ne (string .State) "connected"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on Microsoft's side">Try again</button></form>{{end}}
 <form class="inline" method="post" action="/ui/accounts/{{.Account}}/test"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light" id="test-{{.Account}}" title="sign in to Microsoft without sending">Test</button></form>
 </div>{{end}}
@@ -319,6 +344,22 @@ Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry
 <form class="inline" method="post" action="/ui/queue/{{.ID}}/delete"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn danger">Delete</button></form></td></tr>{{end}}
 </table></div>{{else}}<p class="muted">No failed messages.</p>{{end}}</section>
 </main></body></html>`))
+
+var deviceTmpl = template.Must(template.New("device").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+{{if eq .Status "pending"}}<meta http-equiv="refresh" content="3">{{end}}
+<title>Connect {{.Account}} — oauthrelay</title>` + css + `</head><body>
+<header><h1>oauthrelay</h1></header><main><section>
+{{if eq .Status "pending"}}<h2>Connect {{.Account}}</h2>
+<p>On any device, open <a href="{{.VerificationURI}}" target="_blank" rel="noopener"><code>{{.VerificationURI}}</code></a>, enter the code</p>
+<p style="font-size:2rem;letter-spacing:.2rem" id="user-code"><strong>{{.UserCode}}</strong></p>
+<p>and sign in. This page updates by itself; the code expires at {{.Expires.Format "15:04 MST"}}.</p>
+{{else if eq .Status "connected"}}<h2 id="device-result">Connected{{if .Warning}} — but check who signed in{{end}}</h2>
+<p>{{.Account}} is connected{{if .SignedInAs}} as {{.SignedInAs}}{{end}}; its mail flows now.</p>
+{{if .Warning}}<div class="flash warn">You {{.Warning}}.</div>{{end}}
+{{else}}<h2 id="device-result">Not connected</h2><div class="flash warn">{{.Error}}</div>{{end}}
+<p><a class="btn{{if eq .Status "pending"}} light{{end}}" href="/">Back to the status page</a></p>
+</section></main></body></html>`))
 
 var checkTmpl = template.Must(template.New("check").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
