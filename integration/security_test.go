@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -77,6 +78,43 @@ func TestAdmin_RequestBodiesAreCapped(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusSeeOther {
 			t.Errorf("10 MB chunked login form: %d", resp.StatusCode)
+		}
+	}
+}
+
+// One canonical admin URL: a page asked for by another loopback name is
+// sent to admin.public_url's (the session cookie belongs to one origin),
+// and logging in returns to the page that was asked for — a Connect link
+// printed by `oauthrelay connect` lands on the Connect flow, not on /.
+func TestAdmin_LoginReturnsToThePageAskedFor(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, relay.Hooks{})
+	_, port, _ := net.SplitHostPort(h.relay.AdminAddr())
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get("http://localhost:" + port + "/connect/helpdesk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "http://127.0.0.1:"+port+"/connect/helpdesk" {
+		t.Errorf("page by another loopback name: %d → %q, want the canonical URL", resp.StatusCode, loc)
+	}
+	base := "http://" + h.relay.AdminAddr()
+	resp, _ = noFollow.Get(base + "/connect/helpdesk")
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); loc != "/login?next=%2Fconnect%2Fhelpdesk" {
+		t.Errorf("not logged in: sent to %q", loc)
+	}
+	resp, _ = noFollow.PostForm(base+"/login", url.Values{"token": {h.relay.AdminToken}, "next": {"/connect/helpdesk"}})
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); loc != "/connect/helpdesk" {
+		t.Errorf("after login: sent to %q, want /connect/helpdesk", loc)
+	}
+	for _, evil := range []string{"//evil.example/x", "https://evil.example/", "/\\evil.example"} {
+		resp, _ = noFollow.PostForm(base+"/login", url.Values{"token": {h.relay.AdminToken}, "next": {evil}})
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); loc != "/" {
+			t.Errorf("next=%q sent to %q, want /", evil, loc)
 		}
 	}
 }

@@ -332,7 +332,7 @@ func (r *Relay) StartWith(smtpLn, adminLn net.Listener) {
 			r.Log.Error("admin server stopped", "error", err.Error())
 		}
 	}()
-	r.Log.Info("oauthrelay started", "smtp", r.SMTPAddr(), "admin", r.AdminAddr(), "spool", r.Config.Spool.Dir, "accounts", len(r.Config.Accounts))
+	r.Log.Info("oauthrelay started", "smtp", r.SMTPAddr(), "admin", AdminPublicURL(r.Config), "admin_listen", r.AdminAddr(), "spool", r.Config.Spool.Dir, "accounts", len(r.Config.Accounts))
 }
 
 // SMTPAddr is where the listener listens (after Start).

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -153,10 +154,38 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+	if u := s.canonical(r); u != "" {
+		http.Redirect(w, r, u, http.StatusFound)
+		return
+	}
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	s.mux.ServeHTTP(w, r)
+}
+
+// canonical returns the public URL's form of a page request that came by
+// another loopback name (127.0.0.1 for localhost, or back): the session
+// cookie belongs to one origin, so every link and login stays on the one
+// admin.public_url names. Only pages are redirected, never the API.
+func (s *Server) canonical(r *http.Request) string {
+	pu, err := url.Parse(s.opts.PublicURL)
+	if err != nil || pu.Host == "" || r.Host == pu.Host || r.Method != http.MethodGet {
+		return ""
+	}
+	if p := r.URL.Path; strings.HasPrefix(p, "/api/") || p == "/metrics" || p == "/healthz" || p == "/readyz" || p == "/oauth/callback" {
+		return ""
+	}
+	loopback := func(h string) bool {
+		h = strings.Trim(h, "[]")
+		return h == "localhost" || h == "127.0.0.1" || h == "::1"
+	}
+	rh, rp, err1 := net.SplitHostPort(r.Host)
+	ph, pp, err2 := net.SplitHostPort(pu.Host)
+	if err1 != nil || err2 != nil || rp != pp || !loopback(rh) || !loopback(ph) || rh == ph {
+		return ""
+	}
+	return pu.Scheme + "://" + pu.Host + r.URL.RequestURI()
 }
 
 func clientIP(r *http.Request) string {
@@ -228,7 +257,12 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 		_, sess, ok := s.sessionOf(r)
 		if !ok {
 			if r.Method == http.MethodGet {
-				http.Redirect(w, r, "/login", http.StatusSeeOther)
+				// Back to the page asked for (a Connect link) after logging in.
+				to := "/login"
+				if r.URL.Path != "/" {
+					to += "?next=" + url.QueryEscape(r.URL.RequestURI())
+				}
+				http.Redirect(w, r, to, http.StatusSeeOther)
 				return
 			}
 			http.Error(w, "not logged in", http.StatusUnauthorized)
@@ -247,11 +281,11 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if ok, locked := s.checkToken(w, r, r.PostFormValue("token")); !ok {
 		if locked > 0 {
-			renderLogin(w, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong tokens from this address: locked out for %s more.", locked.Round(time.Second)))
+			renderLogin(w, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong tokens from this address: locked out for %s more.", locked.Round(time.Second)), safeNext(r.PostFormValue("next")))
 			return
 		}
 		s.opts.Log.Warn("admin: wrong admin token at login", "client", clientIP(r))
-		renderLogin(w, http.StatusUnauthorized, "That is not the admin token.")
+		renderLogin(w, http.StatusUnauthorized, "That is not the admin token.", safeNext(r.PostFormValue("next")))
 		return
 	}
 	id := randomToken()
@@ -266,7 +300,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: strings.HasPrefix(s.opts.PublicURL, "https://"),
 		MaxAge: int(s.opts.SessionLifetime / time.Second)})
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {

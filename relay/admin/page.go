@@ -260,18 +260,28 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
+	next := safeNext(r.URL.Query().Get("next"))
 	if _, _, ok := s.sessionOf(r); ok {
-		http.Redirect(w, r, "/", http.StatusSeeOther)
+		http.Redirect(w, r, next, http.StatusSeeOther)
 		return
 	}
-	renderLogin(w, http.StatusOK, "")
+	renderLogin(w, http.StatusOK, "", next)
 }
 
-func renderLogin(w http.ResponseWriter, status int, problem string) {
+// safeNext is where to go after logging in: a path on this server only
+// (never another site: "//evil" and "/\evil" are refused), else "/".
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || strings.ContainsAny(next, "\r\n") {
+		return "/"
+	}
+	return next
+}
+
+func renderLogin(w http.ResponseWriter, status int, problem, next string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	loginTmpl.Execute(w, problem)
+	loginTmpl.Execute(w, struct{ Problem, Next string }{problem, next})
 }
 
 const css = `<style>
@@ -375,8 +385,8 @@ var loginTmpl = template.Must(template.New("login").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>oauthrelay — log in</title>` + css + `</head><body>
 <header><h1>oauthrelay</h1></header><main><section style="max-width:26rem;margin:2rem auto">
-<h2>Log in</h2>{{if .}}<div class="flash warn">{{.}}</div>{{end}}
-<form method="post" action="/login"><p><label for="token">Admin token</label><br>
+<h2>Log in</h2>{{if .Problem}}<div class="flash warn">{{.Problem}}</div>{{end}}
+<form method="post" action="/login"><input type="hidden" name="next" value="{{.Next}}"><p><label for="token">Admin token</label><br>
 <input id="token" name="token" type="password" autocomplete="current-password" style="width:100%;padding:.4rem" required></p>
 <p><button class="btn" id="login">Log in</button></p></form>
 <p class="muted">The token is <code>admin.token</code> in the configuration, or, if none is set, the file <code>admin.token</code> beside the keysafe.</p>
