@@ -97,6 +97,18 @@ func jsonFlag(cmd *cobra.Command) bool {
 	return v
 }
 
+// when says a time relative to now in words: "in 4m", "now", "due since 15s".
+func when(t time.Time) string {
+	d := time.Until(t).Round(time.Second)
+	switch {
+	case d > 0:
+		return "in " + d.String()
+	case d > -time.Second:
+		return "now"
+	}
+	return "due since " + (-d).String() + " (waiting for a free worker or connection)"
+}
+
 func age(t time.Time) string {
 	if t.IsZero() {
 		return "-"
@@ -185,15 +197,16 @@ func newQueueCmd() *cobra.Command {
 			if jsonFlag(cmd) {
 				return printJSON(cmd.OutOrStdout(), raw)
 			}
-			var m queue.Message
-			if err := json.Unmarshal(raw, &m); err != nil {
+			var d admin.MessageDetail
+			if err := json.Unmarshal(raw, &d); err != nil {
 				return err
 			}
+			m := d.Message
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "id:        %s\nstate:     %s\naccount:   %s\nfrom:      <%s>\nsize:      %d bytes\narrived:   %s (%s ago)\nattempts:  %d\n",
 				m.ID, m.State, m.Account, m.From, m.Size, m.Arrived.Format(time.RFC3339), age(m.Arrived), m.Attempts)
-			if m.State != queue.MsgFailed {
-				fmt.Fprintf(w, "next:      %s\n", m.NextAttempt.Format(time.RFC3339))
+			if m.State != queue.MsgFailed && m.State != queue.MsgPaused {
+				fmt.Fprintf(w, "next:      %s (%s)\n", m.NextAttempt.Format(time.RFC3339), when(m.NextAttempt))
 			}
 			if m.PausedReason != "" {
 				fmt.Fprintf(w, "paused:    %s\n", m.PausedReason)
@@ -205,6 +218,9 @@ func newQueueCmd() *cobra.Command {
 					reply = " — " + r.Last.String()
 				}
 				fmt.Fprintf(w, "  %-40s %-10s%s\n", r.Addr, r.State, reply)
+				if mean := d.Meanings[r.Addr]; mean != "" {
+					fmt.Fprintf(w, "  %-40s %-10s  what it means: %s\n", "", "", mean)
+				}
 			}
 			return nil
 		},

@@ -63,13 +63,31 @@ func opError(w http.ResponseWriter, err error) {
 	}
 }
 
+// MessageDetail is GET /api/queue/{id}: the message, and what each
+// recipient's last reply means in plain words (as the status page says).
+type MessageDetail struct {
+	queue.Message
+	Meanings map[string]string `json:"meanings,omitempty"` // recipient address -> meaning
+}
+
 func (s *Server) apiGet(w http.ResponseWriter, r *http.Request) {
 	m, err := s.opts.Queue.Get(r.PathValue("id"))
 	if err != nil {
 		opError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, m)
+	d := MessageDetail{Message: m}
+	if s.opts.Explain != nil {
+		for _, rc := range m.Recipients {
+			if rc.Last != nil {
+				if d.Meanings == nil {
+					d.Meanings = map[string]string{}
+				}
+				d.Meanings[rc.Addr] = s.opts.Explain(*rc.Last, m.Account, m.From)
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Server) apiRetry(w http.ResponseWriter, r *http.Request) {

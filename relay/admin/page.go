@@ -239,7 +239,16 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 			failed = append(failed, m)
 		} else if len(d.Waiting) < 50 {
 			v := s.view(m)
-			v.When = "next " + ago(m.NextAttempt)
+			switch {
+			case m.State == queue.MsgPaused:
+				v.When = "waits for the account"
+			case m.State == queue.MsgInflight:
+				v.When = "being sent now"
+			case time.Until(m.NextAttempt) > time.Second:
+				v.When = "next try " + ago(m.NextAttempt)
+			default:
+				v.When = "due now"
+			}
 			d.Waiting = append(d.Waiting, v)
 		}
 	}
@@ -298,7 +307,7 @@ h2{font-size:1.05rem;margin:0 0 .7rem}.cards{display:grid;grid-template-columns:
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e6ebf0;vertical-align:top}
 .scroll{overflow-x:auto}.flash{background:#e8f1fb;border-left:4px solid #0b5cad;padding:.6rem 1rem;margin-bottom:1rem;border-radius:4px}
 .warn{background:#fdecea;border-left-color:#b42318}code{font-size:.9em;word-break:break-all}
-@media(max-width:40rem){th.hide,td.hide{display:none}}
+@media(max-width:40rem){th.hide,td.hide{display:none}main{padding:.5rem}section{padding:.7rem}th,td{padding:.3rem .2rem;font-size:.85em}table.counts th,table.counts td{text-align:center}table.counts th:first-child,table.counts td:first-child{text-align:left}}
 </style>`
 
 var funcs = template.FuncMap{"ago": ago, "string": func(s tokens.State) string { return string(s) }}
@@ -334,13 +343,13 @@ Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry
 <section><h2>Queue</h2>
 <p>Oldest waiting: <strong>{{.Oldest}}</strong> · spool {{.Bytes}}
 <form class="inline" method="post" action="/ui/queue/flush"><input type="hidden" name="csrf" value="{{.CSRF}}"><button class="btn light">Try all now</button></form></p>
-<div class="scroll"><table><tr><th>account</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
+<div class="scroll"><table class="counts"><tr><th>account</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
 {{range .Rows}}<tr><td>{{.Account}}</td>{{range .Counts}}<td>{{.}}</td>{{end}}</tr>{{else}}<tr><td colspan="6" class="muted">The queue is empty.</td></tr>{{end}}
 </table></div></section>
 
 {{if .Waiting}}<section><h2>Waiting for delivery</h2><div class="scroll"><table>
 <tr><th>message</th><th class="hide">to</th><th>last reply and what it means</th><th></th></tr>
-{{range .Waiting}}<tr><td><code>{{.ID}}</code><br><span class="muted">{{.From}} · {{.Account}} · {{.State}} · {{.Attempts}} attempts · {{.When}}</span></td>
+{{range .Waiting}}<tr><td><code>{{.ID}}</code><br><span class="muted">{{.From}} · {{.Account}} · {{.State}} · {{if eq .Attempts 1}}1 attempt{{else}}{{.Attempts}} attempts{{end}} · {{.When}}</span></td>
 <td class="hide">{{.Recipients}}</td><td>{{if .Reply}}<code>{{.Reply}}</code><br>{{end}}<span class="muted">{{.Meaning}}</span></td>
 <td><form class="inline" method="post" action="/ui/queue/{{.ID}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light">Retry</button></form>
 <form class="inline" method="post" action="/ui/queue/{{.ID}}/delete"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn danger">Delete</button></form></td></tr>{{end}}
