@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/spf13/cobra"
@@ -10,27 +12,53 @@ import (
 
 func newFakeM365Cmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:    "fake-m365",
-		Short:  "Run a fake Microsoft 365 (Entra ID + SMTP) on 127.0.0.1 for testing",
-		Hidden: true,
-		Args:   cobra.NoArgs,
+		Use:   "fake-m365",
+		Short: "Run a fake Microsoft 365 (Entra ID + SMTP) on 127.0.0.1, to try oauthrelay without a tenant",
+		Long: `fake-m365 runs a fake Entra ID (authorization code + PKCE, device code,
+client credentials, refresh with rotation) and a fake Microsoft 365 SMTP
+submission server (STARTTLS, XOAUTH2, Microsoft's replies) on this machine,
+so a relay can be set up and tried end to end without a tenant. Point an
+account's authority and upstream.addr/ca_file at it (it prints the lines).
+Each message it accepts is printed with its envelope. With --state DIR its
+CA and the tokens it issued survive a restart.
+
+A device code is approved by opening
+  <entra>/device?code=<code>&upn=<mailbox>`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, err := fakem365.Start()
+			entraAddr, _ := cmd.Flags().GetString("entra-addr")
+			smtpAddr, _ := cmd.Flags().GetString("smtp-addr")
+			state, _ := cmd.Flags().GetString("state")
+			w := cmd.OutOrStdout()
+			m, err := fakem365.StartWith(fakem365.Options{EntraAddr: entraAddr, SMTPAddr: smtpAddr, StateDir: state,
+				OnMessage: func(msg fakem365.Message) {
+					fmt.Fprintf(w, "accepted: MAIL FROM:<%s> RCPT TO:<%s> %d bytes, signed in as %s\n",
+						msg.From, strings.Join(msg.To, ">,<"), len(msg.Data), msg.Mailbox)
+				}})
 			if err != nil {
 				return err
 			}
 			defer m.Close()
 			caFile, _ := cmd.Flags().GetString("ca-out")
+			if caFile == "" {
+				caFile = filepath.Join(os.TempDir(), "fakem365-ca.pem")
+				if state != "" {
+					caFile = filepath.Join(state, "ca.pem")
+				}
+			}
 			if err := m.WriteCA(caFile); err != nil {
 				return err
 			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "entra_authority: %s\nsmtp_addr: %s\nca_file: %s\n", m.Entra.URL, m.SMTP.Addr, caFile)
-			fmt.Fprintln(w, "# point accounts[].authority and upstream.addr/ca_file here; Ctrl-C stops")
+			fmt.Fprintf(w, "# fake Microsoft 365 running; in oauthrelay.yaml:\n")
+			fmt.Fprintf(w, "upstream:\n  addr: %s\n  ca_file: %s\naccounts:\n  - authority: %s   # on each account\n", m.SMTP.Addr, caFile, m.Entra.URL)
+			fmt.Fprintf(w, "# approve a device code: %s/device?code=<code>&upn=<mailbox>\n# Ctrl-C stops\n", m.Entra.URL)
 			<-cmd.Context().Done()
 			return nil
 		},
 	}
-	cmd.Flags().String("ca-out", os.TempDir()+"/fakem365-ca.pem", "where to write the fake's CA certificate")
+	cmd.Flags().String("entra-addr", "127.0.0.1:0", "address of the fake Entra ID (host:port; port 0 picks one)")
+	cmd.Flags().String("smtp-addr", "127.0.0.1:0", "address of the fake SMTP submission server")
+	cmd.Flags().String("state", "", "folder that keeps the CA and issued tokens across restarts")
+	cmd.Flags().String("ca-out", "", "where to write the CA certificate (default: <state>/ca.pem, or the temp folder)")
 	return cmd
 }

@@ -50,7 +50,7 @@ delivers the account's waiting mail.
 			}
 			// While serve runs, the sign-in runs in it, so only the service
 			// ever writes its keysafe (files it owns, whoever runs the CLI).
-			if api, err := newAPIClient(cmd); err == nil {
+			if api, err := apiClientFor(cmd, c); err == nil {
 				var raw json.RawMessage
 				switch err := api.call("GET", "/api/accounts", &raw); {
 				case err == nil:

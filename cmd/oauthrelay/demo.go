@@ -54,9 +54,9 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 	if err != nil {
 		return err
 	}
-	if !keep {
-		defer os.RemoveAll(dir)
-	}
+	// Removed however the demo ends: an error, Ctrl-C or SIGTERM with
+	// --keep (the relay is stopped first, below, by its own defer).
+	defer os.RemoveAll(dir)
 	caFile := filepath.Join(dir, "fake-m365-ca.pem")
 	if err := fake.WriteCA(caFile); err != nil {
 		return err
@@ -157,7 +157,8 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 	}
 	fmt.Fprintf(out, "\nBoth keep running. Try:\n  swaks --server %s --from you@contoso.test --to someone@example.com\n", r.SMTPAddr())
 	fmt.Fprintf(out, "  go run ./cmd/oauthrelay send --server %s --from you@contoso.test --to someone@example.com\n", r.SMTPAddr())
-	fmt.Fprintf(out, "Status page: http://%s/ (admin token: %s)   spool: %s\nCtrl-C stops.\n", r.AdminAddr(), r.AdminToken, c.Spool.Dir)
+	fmt.Fprintf(out, "Status page: http://%s/ (admin token: %s)   spool: %s\nCtrl-C stops (and removes %s).\n", r.AdminAddr(), r.AdminToken, c.Spool.Dir, dir)
 	<-ctx.Done()
+	fmt.Fprintln(out, "stopping; removing", dir)
 	return nil
 }

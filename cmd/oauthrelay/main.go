@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 
@@ -24,6 +25,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRoot()
+	if filepath.Base(os.Args[0]) == "sendmail" {
+		// Installed as /usr/sbin/sendmail: Sendmail's command line, not ours.
+		root.SetArgs(append([]string{"sendmail"}, os.Args[1:]...))
+	}
 	if err := root.ExecuteContext(ctx); err != nil {
 		var exit exitError
 		if errors.As(err, &exit) {
@@ -64,6 +69,7 @@ refreshes and keeps encrypted itself.`,
 		newAccountsCmd(),
 		newQueueCmd(),
 		newSendCmd(),
+		newSendmailCmd(),
 		newHealthCmd(),
 		newCheckCmd(),
 		newFakeM365Cmd(),

@@ -20,9 +20,11 @@ func newSendCmd() *cobra.Command {
 		Use:   "send --from ADDR --to ADDR [--subject S] [FILE|-]",
 		Short: "Send a test message to the local listener (smoke test)",
 		Long: `send hands one message to the relay's SMTP listener (listen.addr) and prints
-the relay's answer, such as "250 2.0.0 OK queued as 01a2…". Without FILE a
-short test message is composed; with FILE (or - for standard input) its
-bytes are sent as they are.`,
+the relay's answer, such as "250 2.0.0 OK queued as 01a2…". With FILE (or -
+for standard input) its bytes are sent as they are; text piped in without a
+FILE (echo hello | oauthrelay send …) is sent as the message if it starts
+with a header, else as the body of a composed one; otherwise a short test
+message is composed.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			from, _ := cmd.Flags().GetString("from")
@@ -50,6 +52,19 @@ bytes are sent as they are.`,
 				}
 				defer f.Close()
 				body = f
+			case stdinPiped():
+				// `echo text | oauthrelay send …`: the text is the message,
+				// or its body if it has no header.
+				data, err := io.ReadAll(io.LimitReader(os.Stdin, 150<<20))
+				if err != nil {
+					return err
+				}
+				if head, _ := splitHeader(data); head != nil {
+					body = bytes.NewReader(data)
+				} else {
+					host, _ := os.Hostname()
+					body = bytes.NewReader(append(testHeader(from, to, subject, host), data...))
+				}
 			default:
 				host, _ := os.Hostname()
 				body = bytes.NewReader(testMessage(from, to, subject, host))
@@ -69,13 +84,21 @@ bytes are sent as they are.`,
 	return cmd
 }
 
-func testMessage(from string, to []string, subject, host string) []byte {
+// stdinPiped: standard input is a pipe or a file, not a terminal (nor
+// /dev/null).
+func stdinPiped() bool {
+	info, err := os.Stdin.Stat()
+	return err == nil && info.Mode()&(os.ModeNamedPipe) != 0 || err == nil && info.Mode().IsRegular() && info.Size() > 0
+}
+
+func testHeader(from string, to []string, subject, host string) []byte {
 	now := time.Now()
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%d.oauthrelay-send@%s>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+	return fmt.Appendf(nil, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%d.oauthrelay-send@%s>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
 		from, strings.Join(to, ", "), subject, now.Format(time.RFC1123Z), now.UnixNano(), host)
-	fmt.Fprintf(&b, "This is a test message sent with `oauthrelay send` from %s at %s.\r\n", host, now.Format(time.RFC1123))
-	return b.Bytes()
+}
+
+func testMessage(from string, to []string, subject, host string) []byte {
+	return fmt.Appendf(testHeader(from, to, subject, host), "This is a test message sent with `oauthrelay send` from %s at %s.\r\n", host, time.Now().Format(time.RFC1123))
 }
 
 // sendTo delivers one message over plain SMTP and returns the final reply.

@@ -47,6 +47,7 @@ type Entra struct {
 	faults         map[string][]Fault
 	counts         map[string]int
 	issued         []string // every access and refresh token, even revoked ones
+	statePath      string   // grants are kept here when set (Options.StateDir)
 }
 
 type codeGrant struct {
@@ -113,8 +114,13 @@ var aadsts = map[int]struct {
 }
 
 // NewEntra starts a fake Entra ID on 127.0.0.1 with a random port.
-func NewEntra() (*Entra, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func NewEntra() (*Entra, error) { return newEntraAt("") }
+
+func newEntraAt(addr string) (*Entra, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +211,7 @@ func (e *Entra) FailNext(grant string, faults ...Fault) {
 func (e *Entra) RevokeAll() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.save()
 	for _, g := range e.refresh {
 		g.revoked = true
 	}
@@ -474,6 +481,7 @@ func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnl
 	at := e.accessToken(clientID, scope, upn, appOnly)
 	e.issued = append(e.issued, at)
 	e.access[at] = &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
+	defer e.save()
 	resp := map[string]any{
 		"token_type":     "Bearer",
 		"scope":          scope,

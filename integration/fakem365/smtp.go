@@ -51,6 +51,10 @@ type Message struct {
 	Body     smtp.BodyType
 	Data     []byte // exactly the bytes received after DATA, dot-unstuffed
 	Accepted time.Time
+	// MailOptions and RcptOptions (one per To) are the MAIL FROM and RCPT
+	// TO parameters as go-smtp read them: what came beside the addresses.
+	MailOptions smtp.MailOptions
+	RcptOptions []smtp.RcptOptions
 }
 
 // SMTP is a fake smtp.office365.com:587.
@@ -84,12 +88,18 @@ type SMTP struct {
 	sent          []time.Time
 	dropData      int
 	delay         time.Duration
+	onMessage     func(Message)
 }
 
 // NewSMTP starts a fake submission server on 127.0.0.1 that checks XOAUTH2
 // tokens against entra and presents a certificate from ca.
-func NewSMTP(entra *Entra, ca *CA) (*SMTP, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func NewSMTP(entra *Entra, ca *CA) (*SMTP, error) { return newSMTPAt(entra, ca, "") }
+
+func newSMTPAt(entra *Entra, ca *CA, addr string) (*SMTP, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -324,9 +334,10 @@ type fakeSession struct {
 	from    string
 	opts    smtp.MailOptions
 	to      []string
+	rcptOpt []smtp.RcptOptions
 }
 
-func (f *fakeSession) Reset()        { f.from, f.to = "", nil }
+func (f *fakeSession) Reset()        { f.from, f.to, f.rcptOpt, f.opts = "", nil, nil, smtp.MailOptions{} }
 func (f *fakeSession) Logout() error { return nil }
 
 func (f *fakeSession) AuthMechanisms() []string { return []string{"LOGIN", "XOAUTH2"} }
@@ -425,6 +436,11 @@ func (f *fakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return r
 	}
 	f.to = append(f.to, to)
+	var o smtp.RcptOptions
+	if opts != nil {
+		o = *opts
+	}
+	f.rcptOpt = append(f.rcptOpt, o)
 	return nil
 }
 
@@ -467,8 +483,12 @@ func (f *fakeSession) Data(r io.Reader) error {
 	s.messages = append(s.messages, Message{
 		Mailbox: f.mailbox, From: f.from, To: append([]string(nil), f.to...),
 		UTF8: f.opts.UTF8, Body: f.opts.Body, Data: buf.Bytes(), Accepted: time.Now(),
+		MailOptions: f.opts, RcptOptions: append([]smtp.RcptOptions(nil), f.rcptOpt...),
 	})
 	s.sent = append(s.sent, time.Now())
+	if s.onMessage != nil {
+		go s.onMessage(s.messages[len(s.messages)-1])
+	}
 	close(s.notify)
 	s.notify = make(chan struct{})
 	// go-smtp writes an *SMTPError's code as is, which lets the fake answer
