@@ -12,7 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -31,10 +33,13 @@ type ListenerConfig struct {
 	Hostname        string
 	AllowedNetworks []netip.Prefix
 	MaxMessageBytes int64
-	MaxRecipients   int
-	MaxSessions     int
-	ReadTimeout     time.Duration
-	WriteTimeout    time.Duration
+	// MaxRecipients per message; 0 means 100 (RFC 5321 4.5.3.1.8).
+	MaxRecipients int
+	MaxSessions   int
+	// ReadTimeout bounds each read: a command awaited, or the next octets
+	// of a message (RFC 5321 4.5.3.2 asks for minutes).
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
 	// TLS enables STARTTLS when set.
 	TLS *tls.Config
 	// Users maps user names to bcrypt hashes; empty disables AUTH.
@@ -50,52 +55,93 @@ type ListenerEvents struct {
 	Accepted func(account string, size int64)
 }
 
-// Listener is the SMTP server applications send to.
+// Listener is the SMTP server applications send to. smtpConn
+// (smtpconn.go) speaks the protocol; the session below decides what is
+// accepted.
 type Listener struct {
 	cfg     ListenerConfig
 	q       Enqueuer
 	router  *Router
 	log     *slog.Logger
 	events  ListenerEvents
-	srv     *smtp.Server
 	active  atomic.Int64
 	serving atomic.Bool
+
+	mu      sync.Mutex
+	closing bool
+	lns     []net.Listener
+	conns   map[*smtpConn]struct{}
+	wg      sync.WaitGroup
 }
+
+// defaultMaxRecipients: RFC 5321 4.5.3.1.8 asks that at least 100 be taken.
+const defaultMaxRecipients = 100
 
 // NewListener builds a listener that queues into q, routing by router.
 func NewListener(cfg ListenerConfig, q Enqueuer, router *Router, log *slog.Logger, events ListenerEvents) *Listener {
-	l := &Listener{cfg: cfg, q: q, router: router, log: log, events: events}
-	s := smtp.NewServer(smtp.BackendFunc(l.newSession))
-	s.Domain = cfg.Hostname
-	s.MaxMessageBytes = cfg.MaxMessageBytes
-	s.MaxRecipients = cfg.MaxRecipients
-	s.MaxLineLength = 128 << 10 // long HTML lines happen; RFC 5321's 1000 is often exceeded
-	s.ReadTimeout = cfg.ReadTimeout
-	s.WriteTimeout = cfg.WriteTimeout
-	s.TLSConfig = cfg.TLS
-	s.EnableSMTPUTF8 = true
-	s.AllowInsecureAuth = true // checked per session: TLS or loopback (see Auth)
-	s.ErrorLog = slogPrinter{log}
-	l.srv = s
-	return l
+	return &Listener{cfg: cfg, q: q, router: router, log: log, events: events, conns: map[*smtpConn]struct{}{}}
 }
 
-type slogPrinter struct{ log *slog.Logger }
-
-func (p slogPrinter) Printf(format string, v ...any) {
-	p.log.Debug("smtp: " + strings.TrimSpace(fmt.Sprintf(format, v...)))
+func (l *Listener) maxRecipients() int {
+	if l.cfg.MaxRecipients > 0 {
+		return l.cfg.MaxRecipients
+	}
+	return defaultMaxRecipients
 }
-func (p slogPrinter) Println(v ...any) { p.log.Debug("smtp: " + strings.TrimSpace(fmt.Sprintln(v...))) }
 
 // Serve accepts connections on ln until Shutdown.
 func (l *Listener) Serve(ln net.Listener) error {
-	l.serving.Store(true)
-	defer l.serving.Store(false)
-	err := l.srv.Serve(&guardedListener{Listener: ln, l: l})
-	if errors.Is(err, smtp.ErrServerClosed) {
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
 		return nil
 	}
-	return err
+	l.lns = append(l.lns, ln)
+	l.mu.Unlock()
+	l.serving.Store(true)
+	defer l.serving.Store(false)
+	g := &guardedListener{Listener: ln, l: l}
+	var backoff time.Duration
+	for {
+		nc, err := g.Accept()
+		if err != nil {
+			if l.isClosing() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				l.log.Warn("smtp: accept failed; retrying", "error", err.Error(), "in", backoff.String())
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		c := newSMTPConn(l, nc)
+		l.mu.Lock()
+		if l.closing {
+			l.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		l.conns[c] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go func() {
+			defer l.wg.Done()
+			c.serve()
+			l.mu.Lock()
+			delete(l.conns, c)
+			l.mu.Unlock()
+		}()
+	}
+}
+
+func (l *Listener) isClosing() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closing
 }
 
 // Accepting reports whether new SMTP sessions are taken now: the accept
@@ -111,14 +157,40 @@ func (l *Listener) Accepting() error {
 	return nil
 }
 
-// Shutdown stops accepting, lets sessions in progress finish until ctx is
-// done, then closes them.
+// Shutdown stops accepting; sessions waiting for a command are told
+// 421 4.3.2 at once, and a message being received is finished first. When
+// ctx is done before every session has ended, the rest are cut.
 func (l *Listener) Shutdown(ctx context.Context) error {
-	err := l.srv.Shutdown(ctx)
-	if err != nil {
-		l.srv.Close()
+	l.mu.Lock()
+	l.closing = true
+	lns := l.lns
+	conns := make([]*smtpConn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
 	}
-	return err
+	l.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, c := range conns {
+		c.interrupt()
+	}
+	done := make(chan struct{})
+	go func() {
+		l.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		l.mu.Lock()
+		for c := range l.conns {
+			c.conn().Close()
+		}
+		l.mu.Unlock()
+		return ctx.Err()
+	}
 }
 
 // guardedListener refuses, before any SMTP, clients outside
@@ -193,20 +265,24 @@ func (l *Listener) allowed(ip netip.Addr) bool {
 	return false
 }
 
-func (l *Listener) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{l: l, conn: c, remote: remoteIP(c.Conn())}, nil
+func (l *Listener) newSession(c *smtpConn) *session {
+	return &session{l: l, c: c, remote: c.remote}
 }
 
+// session is what the listener allows: AUTH, routing the sender to an
+// account, limits, and queueing the message. smtpConn calls it once a
+// command's syntax is checked; the addresses it gets are parsed.
 type session struct {
 	l        *Listener
-	conn     *smtp.Conn
+	c        *smtpConn
 	remote   netip.Addr
 	authUser string
 
-	from    string
-	account string
-	opts    smtp.MailOptions
-	to      []string
+	from     Address
+	account  string
+	smtputf8 bool
+	eightBit bool
+	to       []string // as Address.String writes them
 }
 
 var (
@@ -231,7 +307,7 @@ func (s *session) AuthMechanisms() []string {
 	if len(s.l.cfg.Users) == 0 {
 		return nil
 	}
-	if _, isTLS := s.conn.TLSConnectionState(); !isTLS && !s.remote.IsLoopback() {
+	if !s.c.isTLS && !s.remote.IsLoopback() {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -241,7 +317,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	if len(s.l.cfg.Users) == 0 {
 		return nil, smtp.ErrAuthUnsupported
 	}
-	if _, isTLS := s.conn.TLSConnectionState(); !isTLS && !s.remote.IsLoopback() {
+	if !s.c.isTLS && !s.remote.IsLoopback() {
 		return nil, errEncryptionReq
 	}
 	check := func(user, pass string) error {
@@ -299,118 +375,104 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 	}
 }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from Address, p mailParams) error {
 	if s.l.cfg.AuthRequired && s.authUser == "" {
 		return s.reject("auth_required", errAuthRequired)
 	}
-	if opts != nil && opts.Size > 0 && s.l.cfg.MaxMessageBytes > 0 && opts.Size > s.l.cfg.MaxMessageBytes {
+	if p.size > 0 && s.l.cfg.MaxMessageBytes > 0 && p.size > s.l.cfg.MaxMessageBytes {
 		return s.reject("size", errTooBig)
 	}
 	account, ok := s.l.router.Route(from)
 	if !ok {
-		shown := from
-		if shown == "" {
-			shown = "<>"
-		}
-		s.l.log.Warn("smtp: sender refused: no account routes it", "client", s.remote.String(), "sender", from)
+		s.l.log.Warn("smtp: sender refused: no account routes it", "client", s.remote.String(), "sender", from.String())
 		return s.reject("unrouted_sender", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: fmt.Sprintf("sender <%s> is not permitted: no account routes it", strings.Trim(shown, "<>"))})
+			Message: fmt.Sprintf("sender <%s> is not permitted: no account routes it", from)})
 	}
-	s.from, s.account = from, account
-	if opts != nil {
-		s.opts = *opts
-	}
+	s.from, s.account, s.smtputf8, s.eightBit = from, account, p.smtputf8, p.eightBit
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if to == "" {
-		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "empty recipient address"}
-	}
-	s.to = append(s.to, to)
+func (s *session) Rcpt(to Address) error {
+	s.to = append(s.to, to.String())
 	return nil
 }
 
-func (s *session) Data(r io.Reader) error {
+// Data queues the message r reads. It returns the reply: 250 with the
+// queue ID, or why the message was not taken.
+func (s *session) Data(r *dataReader) error {
 	env := queue.Envelope{
-		From: s.from, To: s.to, Account: s.account,
-		SMTPUTF8: s.opts.UTF8, EightBit: s.opts.Body == smtp.Body8BitMIME,
+		From: s.from.String(), To: s.to, Account: s.account,
+		SMTPUTF8: s.smtputf8, EightBit: s.eightBit,
 		ClientAddr: s.remote.String(),
 	}
-	counting := &countingReader{r: r}
-	id, err := s.l.q.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(s.received()), counting))
+	id, err := s.l.q.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(s.received()), r))
 	if err != nil {
-		var se *smtp.SMTPError
 		switch {
-		case errors.As(err, &se): // e.g. 552 from go-smtp's size limit
-			if se.Code == 552 {
-				return s.reject("size", errTooBig)
-			}
-			return se
+		case r.limitErr == errTooBig:
+			return s.reject("size", errTooBig)
+		case r.limitErr != nil:
+			s.l.log.Warn("smtp: message refused: a line is too long", "client", s.remote.String(), "sender", s.from.String())
+			return s.reject("line_length", r.limitErr)
+		case r.readErr != nil:
+			s.l.log.Warn("smtp: message not received", "client", s.remote.String(), "error", r.readErr.Error())
+			return r.readErr
 		case errors.Is(err, queue.ErrDiskTrouble):
 			s.l.log.Error("smtp: message refused: spool write failed", "client", s.remote.String(), "error", err.Error())
 			return s.reject("disk", errDiskTrouble)
 		default:
-			s.l.log.Warn("smtp: message not received", "client", s.remote.String(), "error", err.Error())
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "message not received completely; try again"}
+			s.l.log.Warn("smtp: message not queued", "client", s.remote.String(), "error", err.Error())
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message not queued; try again later"}
 		}
 	}
-	s.l.log.Info("smtp: message accepted", "id", id, "client", s.remote.String(), "sender", s.from,
-		"recipients", len(s.to), "size", counting.n, "account", s.account)
+	s.l.log.Info("smtp: message accepted", "id", id, "client", s.remote.String(), "sender", s.from.String(),
+		"recipients", len(s.to), "size", r.size, "account", s.account)
 	if s.l.events.Accepted != nil {
-		s.l.events.Accepted(s.account, counting.n)
+		s.l.events.Accepted(s.account, r.size)
 	}
-	// go-smtp writes an *SMTPError's code as it is: our 250 carries the ID.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}
 }
 
 // received is our trace header (RFC 5321 4.4).
 func (s *session) received() string {
 	with := "ESMTP"
-	if _, isTLS := s.conn.TLSConnectionState(); isTLS {
+	if s.c.isTLS {
 		with += "S"
 	}
 	if s.authUser != "" {
 		with += "A"
 	}
-	if s.opts.UTF8 {
+	if s.smtputf8 {
 		with = "UTF8SMTP" + strings.TrimPrefix(with, "ESMTP")
 	}
-	helo := s.conn.Hostname()
-	if helo == "" {
-		helo = "unknown"
-	}
-	h := fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s (oauthrelay) with %s", sanitizeHeader(helo), s.remote, s.l.cfg.Hostname, with)
+	h := fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s (oauthrelay) with %s", heloForHeader(s.c.helo), s.remote, s.l.cfg.Hostname, with)
 	if len(s.to) == 1 {
-		h += fmt.Sprintf("\r\n\tfor <%s>", sanitizeHeader(s.to[0]))
+		h += fmt.Sprintf("\r\n\tfor <%s>", s.to[0])
 	}
 	return h + "; " + time.Now().Format(time.RFC1123Z) + "\r\n"
 }
 
-func sanitizeHeader(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' || r == '(' || r == ')' {
+// heloForHeader is the client's HELO/EHLO name as it may appear in a
+// header or reply: printable ASCII without parentheses, at most 255
+// octets; "unknown" if nothing is left.
+func heloForHeader(helo string) string {
+	h := strings.Map(func(r rune) rune {
+		if r <= ' ' || r >= 127 || r == '(' || r == ')' || r == '\\' {
 			return -1
 		}
 		return r
-	}, s)
+	}, helo)
+	if len(h) > 255 {
+		h = h[:255]
+	}
+	if h == "" {
+		return "unknown"
+	}
+	return h
 }
 
+// Reset ends the mail transaction.
 func (s *session) Reset() {
-	s.from, s.account, s.to, s.opts = "", "", nil, smtp.MailOptions{}
-}
-
-func (s *session) Logout() error { return nil }
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+	s.from, s.account, s.to, s.smtputf8, s.eightBit = Address{}, "", nil, false, false
 }
 
 // LoadUsers reads a users file of "user:bcrypt-hash" lines (# comments).

@@ -35,16 +35,25 @@ func TestRouter_FirstMatchWinsNeverOpen(t *testing.T) {
 		{"bob@contoso.com.evil.test", "", false},
 		{"x@fabrikam.com", "fallback", true},
 		{"", "", false}, // the null sender only routes through "*"
-		{"weird@user@contoso.com", "contoso", true},
+		{`"weird@user"@contoso.com`, "contoso", true},
+		{`"bob@contoso.com"@evil.test`, "", false}, // the domain is evil.test
+		{`"alerts"@contoso.com`, "alerts", true},
 	}
 	for _, tt := range tests {
-		got, ok := r.Route(tt.sender)
+		var sender Address
+		if tt.sender != "" {
+			var err error
+			if sender, err = ParseAddress(tt.sender, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, ok := r.Route(sender)
 		if got != tt.account || ok != tt.ok {
 			t.Errorf("Route(%q) = %q, %v; want %q, %v", tt.sender, got, ok, tt.account, tt.ok)
 		}
 	}
 	star := NewRouter([]Route{{Account: "any", Patterns: []string{"*"}}})
-	if a, ok := star.Route(""); !ok || a != "any" {
+	if a, ok := star.Route(Address{}); !ok || a != "any" {
 		t.Error(`"*" must route the null sender`)
 	}
 }

@@ -23,19 +23,17 @@ func NewRouter(routes []Route) *Router {
 	return &Router{routes: routes}
 }
 
-// Route returns the account for sender ("" is the null sender, matched only
-// by "*"), and whether one matched.
-func (r *Router) Route(sender string) (string, bool) {
-	local, domain, ok := strings.Cut(strings.ToLower(sender), "@")
-	if i := strings.LastIndexByte(sender, '@'); i >= 0 {
-		local, domain, ok = strings.ToLower(sender[:i]), strings.ToLower(sender[i+1:]), true
-	}
+// Route returns the account for sender (the zero Address is the null
+// sender, matched only by "*"), and whether one matched. It compares the
+// parsed parts, so an "@domain" inside a quoted local part routes nothing.
+func (r *Router) Route(sender Address) (string, bool) {
+	local, domain := strings.ToLower(sender.Local), strings.ToLower(sender.Domain)
 	for _, rt := range r.routes {
 		for _, p := range rt.Patterns {
 			if p == "*" {
 				return rt.Account, true
 			}
-			if !ok {
+			if sender.IsNull() {
 				continue
 			}
 			pl, pd, _ := strings.Cut(strings.ToLower(p), "@")
