@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/oauthrelay/oauthrelay/queue"
 )
@@ -39,11 +42,17 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 	if mailbox == "" {
 		return fmt.Errorf("account %s is not configured; cannot send the bounce", bo.Meta.Account)
 	}
+	// The listener checked the sender, but a message queued before it did
+	// (or a damaged record) may hold anything: never mail that.
+	to, err := ParseAddress(bo.Meta.From, true)
+	if err != nil {
+		return fmt.Errorf("the sender %s is not a valid address (%v); no bounce sent", visible(bo.Meta.From), err)
+	}
 	headers := originalHeaders(bo.Open)
 	msg := buildDSN(b.Hostname, b.RemoteMTA, mailbox, bo.Meta, bo.Failed, headers, time.Now())
 	id, err := b.Queue.Enqueue(ctx, queue.Envelope{
-		From: mailbox, To: []string{bo.Meta.From}, Account: bo.Meta.Account,
-		IsBounce: true, EightBit: true,
+		From: mailbox, To: []string{to.String()}, Account: bo.Meta.Account,
+		IsBounce: true, EightBit: true, SMTPUTF8: !to.IsASCII(),
 	}, bytes.NewReader(msg))
 	if err != nil {
 		return err
@@ -55,7 +64,9 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 	return nil
 }
 
-// originalHeaders returns the header block of the original message (at most 64 KiB).
+// originalHeaders returns the header block of the original message (at
+// most 64 KiB), as CRLF text fit for the DSN: no NUL or lone CR, no line
+// over 998 octets (RFC 5322 2.1.1).
 func originalHeaders(open func() (io.ReadCloser, error)) []byte {
 	if open == nil {
 		return nil
@@ -72,10 +83,16 @@ func originalHeaders(open func() (io.ReadCloser, error)) []byte {
 		if strings.TrimRight(line, "\r\n") == "" {
 			break
 		}
-		if !strings.HasSuffix(line, "\r\n") {
-			line = strings.TrimRight(line, "\r\n") + "\r\n"
+		line = strings.Map(func(r rune) rune {
+			if r == 0 || r == '\r' || r == '\n' {
+				return -1
+			}
+			return r
+		}, line)
+		if len(line) > 998 {
+			line = strings.ToValidUTF8(line[:998], "")
 		}
-		h.WriteString(line)
+		h.WriteString(line + "\r\n")
 		if err != nil {
 			break
 		}
@@ -83,11 +100,55 @@ func originalHeaders(open func() (io.ReadCloser, error)) []byte {
 	return h.Bytes()
 }
 
+// dsnStatus is the Status field: the enhanced code, or one made from the
+// reply code (RFC 3464 2.3.4).
 func dsnStatus(r queue.Reply) string {
-	if r.Enhanced != "" {
+	if enhancedCode.MatchString(r.Enhanced) {
 		return r.Enhanced
 	}
-	return fmt.Sprintf("%d.0.0", r.Code/100)
+	class := r.Code / 100
+	if class != 4 && class != 5 {
+		class = 5
+	}
+	return fmt.Sprintf("%d.0.0", class)
+}
+
+var enhancedCode = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}$`)
+
+// dsnAddr is an envelope address as the DSN shows it: written back by
+// Address.String when it parses, else stripped of anything that could
+// break a line (it was never checked: queued before the listener did).
+func dsnAddr(s string) string {
+	if a, err := ParseAddress(s, true); err == nil {
+		return a.String()
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 32 || r == 127 || r == utf8.RuneError || !unicode.IsGraphic(r) {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) > maxPath {
+		s = strings.ToValidUTF8(s[:maxPath], "") + "…"
+	}
+	return s
+}
+
+// dsnRecipient is the Final-Recipient value: rfc822 for an ASCII address,
+// utf-8 in RFC 6533's utf-8-addr-xtext otherwise.
+func dsnRecipient(addr string) string {
+	if isASCII(addr) {
+		return "rfc822; " + addr
+	}
+	var b strings.Builder
+	for _, r := range addr {
+		if r > 0x20 && r < 0x7f && r != '+' && r != '=' && r != '\\' {
+			b.WriteRune(r)
+		} else {
+			fmt.Fprintf(&b, "\\x{%X}", r)
+		}
+	}
+	return "utf-8; " + b.String()
 }
 
 func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
@@ -97,7 +158,8 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("From: Mail Delivery System <%s>\r\n", mailbox)
-	w("To: <%s>\r\n", m.From)
+	sender := dsnAddr(m.From)
+	w("To: <%s>\r\n", sender)
 	w("Subject: Undelivered Mail Returned to Sender\r\n")
 	w("Date: %s\r\n", now.Format(time.RFC1123Z))
 	w("Message-ID: <dsn.%s.%s@%s>\r\n", m.ID, hex.EncodeToString(rnd[:4]), hostname)
@@ -115,9 +177,9 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 		if r.Last != nil {
 			reply = *r.Last
 		}
-		w("<%s>\r\n", r.Addr)
-		w("    Microsoft 365 answered: %s\r\n", reply)
-		w("    What it means: %s\r\n\r\n", ExplainReply(reply, mailbox, m.From))
+		w("<%s>\r\n", dsnAddr(r.Addr))
+		w("    Microsoft 365 answered: %s\r\n", oneLine(reply.String()))
+		w("    What it means: %s\r\n\r\n", oneLine(ExplainReply(reply, mailbox, sender)))
 	}
 
 	w("--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
@@ -129,7 +191,7 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 		if r.Last != nil {
 			reply = *r.Last
 		}
-		w("\r\nFinal-Recipient: rfc822; %s\r\n", r.Addr)
+		w("\r\nFinal-Recipient: %s\r\n", dsnRecipient(dsnAddr(r.Addr)))
 		w("Action: failed\r\n")
 		w("Status: %s\r\n", dsnStatus(reply))
 		// Only for a reply the upstream gave, not one we made (max age 4.4.7).
@@ -147,10 +209,18 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 	return b.Bytes()
 }
 
+// oneLine makes s one printable line of at most 900 octets: runs of white
+// space (CR and LF among them) become one space, other controls go.
 func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 32 && r != '\t' && r != '\r' && r != '\n' || r == 127 || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, s)
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > 900 {
-		s = s[:900]
+		s = strings.ToValidUTF8(s[:900], "")
 	}
 	return s
 }
