@@ -597,7 +597,13 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 		opts.UTF8 = false
 	}
 	res := queue.Result{}
-	if err := c.c.Mail(from, opts); err != nil {
+	// go-smtp's client writes "MAIL FROM:<%s>" with the string as given:
+	// only an address parsed again and written by Address.String goes.
+	fromPath, err := upstreamPath(from, dl.SMTPUTF8)
+	if err != nil {
+		return all(dl, queue.Failed, queue.Reply{Code: 553, Enhanced: "5.1.7", Text: "sender address not sent upstream: " + err.Error()}), true
+	}
+	if err := c.c.Mail(fromPath, opts); err != nil {
 		r, throttled, conn := d.classify(u, err)
 		out := all(dl, outcome(r), r)
 		if throttled {
@@ -607,7 +613,13 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 	}
 	var accepted []string
 	for i, to := range dl.To {
-		err := c.c.Rcpt(to, nil)
+		path, err := upstreamPath(to, dl.SMTPUTF8)
+		if err != nil {
+			res.Recipients = append(res.Recipients, queue.RcptResult{Addr: to, Outcome: queue.Failed,
+				Reply: queue.Reply{Code: 553, Enhanced: "5.1.3", Text: "recipient address not sent upstream: " + err.Error()}})
+			continue
+		}
+		err = c.c.Rcpt(path, nil)
 		if err == nil {
 			accepted = append(accepted, to)
 			continue
