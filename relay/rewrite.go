@@ -21,15 +21,17 @@ func rewriteFrom(r io.Reader, mailbox string) io.Reader {
 		br = bufio.NewReader(r)
 	}
 	var head bytes.Buffer
+	lineStart := true // line begins a line, not the rest of a longer one
 	for head.Len() < maxHeaderRewrite {
 		line, err := br.ReadSlice('\n')
 		head.Write(line)
 		if err != nil && err != bufio.ErrBufferFull {
 			return io.MultiReader(&head, br) // no body: nothing to rewrite safely
 		}
-		if len(bytes.TrimRight(line, "\r\n")) == 0 && (len(line) > 0 && line[len(line)-1] == '\n') {
+		if lineStart && len(bytes.TrimRight(line, "\r\n")) == 0 && (len(line) > 0 && line[len(line)-1] == '\n') {
 			return io.MultiReader(bytes.NewReader(rewriteHeader(head.Bytes(), mailbox)), br)
 		}
+		lineStart = err == nil
 	}
 	return io.MultiReader(&head, br)
 }
@@ -52,11 +54,11 @@ func rewriteHeader(h []byte, mailbox string) []byte {
 		name, _, _ := strings.Cut(l, ":")
 		switch strings.ToLower(strings.TrimSpace(name)) {
 		case "from":
-			field := l
+			start := i
 			for i+1 < len(lines) && (strings.HasPrefix(lines[i+1], " ") || strings.HasPrefix(lines[i+1], "\t")) {
 				i++
-				field += lines[i]
 			}
+			field := strings.Join(lines[start:i+1], "") // not += per line: quadratic on a long fold
 			from = append(from, strings.TrimSpace(field[strings.IndexByte(field, ':')+1:]))
 			continue
 		case "reply-to":
@@ -69,8 +71,9 @@ func rewriteHeader(h []byte, mailbox string) []byte {
 	}
 	eol := "\r\n"
 	add := "From: " + mailbox + eol
-	if !hasReplyTo {
-		add += "Reply-To: " + strings.Join(strings.Fields(from[0]), " ") + eol
+	// Folded onto one line; an empty From gives no Reply-To.
+	if replyTo := strings.Join(strings.Fields(from[0]), " "); !hasReplyTo && replyTo != "" {
+		add += "Reply-To: " + replyTo + eol
 	}
 	// Insert before the empty line that ends the header.
 	last := len(out) - 1
