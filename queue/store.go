@@ -917,6 +917,12 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte,
 	if _, err := io.ReadFull(f, data); err != nil {
 		return nil, err
 	}
+	return applyRecords(data, seq, live, bad)
+}
+
+// applyRecords reads a segment's bytes (scanRecords) and applies its intact
+// records, in order, to live. No I/O: FuzzRecover calls it directly.
+func applyRecords(data []byte, seq uint64, live map[string]*scanned, bad func(off int64, raw []byte, why error)) (*segScan, error) {
 	sc, err := scanRecords(data)
 	if err != nil {
 		return nil, err
