@@ -33,7 +33,11 @@ func newAPIClient(cmd *cobra.Command) (*apiClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &loaded.Config
+	return apiClientFor(cmd, &loaded.Config)
+}
+
+// apiClientFor is newAPIClient for a configuration already loaded.
+func apiClientFor(cmd *cobra.Command, c *configs.Config) (*apiClient, error) {
 	base, _ := cmd.Flags().GetString("server")
 	if base == "" {
 		host, port, _ := net.SplitHostPort(c.Admin.Addr)
