@@ -1,8 +1,14 @@
 // Package configs holds oauthrelay's typed configuration: the Config struct,
-// its defaults, loading (viper: defaults < YAML file < OAUTHRELAY_* environment
-// < command-line flags), secret resolution (${VAR} expansion and *_file keys)
-// and validation that reports every problem at once, each naming its key and
-// the fix. The example files in this folder are loaded by a test.
+// its defaults, loading (defaults < YAML file < OAUTHRELAY_* environment <
+// command-line flags), secret resolution (${VAR} expansion and *_file keys)
+// and validation. The example files in this folder are loaded by a test.
+//
+// Nothing is guessed: every value that cannot be read as its key's type (a
+// duration without a unit, "sixteen" for a number, a list where one value
+// belongs), every unknown key or OAUTHRELAY_* variable, and every value serve
+// would refuse is a Problem naming the key, the value and the fix, and all of
+// them are reported at once. A string key takes the text as typed, never
+// what YAML would make of it (0x1234 stays "0x1234").
 //
 // configs is a leaf: it never reaches the network and imports no other
 // package of this module.
@@ -12,125 +18,125 @@ import "time"
 
 // Config is the whole configuration of one oauthrelay instance.
 type Config struct {
-	Listen   Listen    `mapstructure:"listen"`
-	Admin    Admin     `mapstructure:"admin"`
-	Spool    Spool     `mapstructure:"spool"`
-	Keysafe  Keysafe   `mapstructure:"keysafe"`
-	Tokens   Tokens    `mapstructure:"tokens"`
-	Delivery Delivery  `mapstructure:"delivery"`
-	Upstream Upstream  `mapstructure:"upstream"`
-	Accounts []Account `mapstructure:"accounts"`
-	Log      Log       `mapstructure:"log"`
-	Alert    Alert     `mapstructure:"alert"`
+	Listen   Listen    `yaml:"listen"`
+	Admin    Admin     `yaml:"admin"`
+	Spool    Spool     `yaml:"spool"`
+	Keysafe  Keysafe   `yaml:"keysafe"`
+	Tokens   Tokens    `yaml:"tokens"`
+	Delivery Delivery  `yaml:"delivery"`
+	Upstream Upstream  `yaml:"upstream"`
+	Accounts []Account `yaml:"accounts"`
+	Log      Log       `yaml:"log"`
+	Alert    Alert     `yaml:"alert"`
 }
 
 // Alert configures notifications about accounts.
 type Alert struct {
 	// WebhookURL receives a JSON POST when an account needs attention and
 	// when it recovers.
-	WebhookURL string `mapstructure:"webhook_url" secret:"true"`
+	WebhookURL string `yaml:"webhook_url" secret:"true"`
 }
 
 // Listen configures the SMTP listener the applications talk to.
 type Listen struct {
 	// Addr is host:port of the SMTP listener.
-	Addr string `mapstructure:"addr"`
+	Addr string `yaml:"addr"`
 	// Hostname is the name used in the greeting and the Received: header.
-	Hostname string `mapstructure:"hostname"`
+	Hostname string `yaml:"hostname"`
 	// AllowedNetworks lists the CIDRs (or single addresses) that may connect.
-	AllowedNetworks []string `mapstructure:"allowed_networks"`
+	AllowedNetworks []string `yaml:"allowed_networks"`
 	// MaxMessageBytes is advertised with SIZE and enforced.
-	MaxMessageBytes int64 `mapstructure:"max_message_bytes"`
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 	// MaxRecipients per message. RFC 5321 4.5.3.1.8: at least 100.
-	MaxRecipients int `mapstructure:"max_recipients"`
+	MaxRecipients int `yaml:"max_recipients"`
 	// MaxSessions caps concurrent SMTP sessions; more get 421 4.7.0.
-	MaxSessions  int           `mapstructure:"max_sessions"`
-	ReadTimeout  time.Duration `mapstructure:"read_timeout"`
-	WriteTimeout time.Duration `mapstructure:"write_timeout"`
-	TLS          ListenTLS     `mapstructure:"tls"`
-	Auth         ListenAuth    `mapstructure:"auth"`
+	MaxSessions  int           `yaml:"max_sessions"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	TLS          ListenTLS     `yaml:"tls"`
+	Auth         ListenAuth    `yaml:"auth"`
 }
 
 // ListenTLS enables STARTTLS on the listener when both files are set.
 type ListenTLS struct {
-	CertFile string `mapstructure:"cert_file"`
-	KeyFile  string `mapstructure:"key_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // ListenAuth configures optional client authentication (PLAIN/LOGIN).
 type ListenAuth struct {
 	// UsersFile holds "user:bcrypt-hash" lines.
-	UsersFile string `mapstructure:"users_file"`
+	UsersFile string `yaml:"users_file"`
 	// Required makes MAIL without AUTH fail with 530 5.7.0.
-	Required bool `mapstructure:"required"`
+	Required bool `yaml:"required"`
 }
 
 // Admin configures the admin HTTP server (Connect page, API, metrics).
 type Admin struct {
-	Addr string `mapstructure:"addr"`
+	Addr string `yaml:"addr"`
 	// PublicURL is how a browser reaches the admin server; the OAuth
 	// redirect URI is PublicURL + "/oauth/callback".
-	PublicURL string `mapstructure:"public_url"`
-	Token     string `mapstructure:"token" secret:"true"`
-	TokenFile string `mapstructure:"token_file"`
+	PublicURL string `yaml:"public_url"`
+	Token     string `yaml:"token" secret:"true"`
+	TokenFile string `yaml:"token_file"`
 }
 
 // Spool configures the on-disk queue.
 type Spool struct {
-	Dir string `mapstructure:"dir"`
+	Dir string `yaml:"dir"`
 	// FailedRetention is how long permanently failed messages stay in failed/.
-	FailedRetention time.Duration `mapstructure:"failed_retention"`
+	FailedRetention time.Duration `yaml:"failed_retention"`
 }
 
 // Keysafe configures the encrypted token store.
 type Keysafe struct {
-	Path string `mapstructure:"path"`
+	Path string `yaml:"path"`
 	// Key is a base64 AES-256 key (32 bytes); usually ${OAUTHRELAY_KEYSAFE_KEY}.
-	Key     string `mapstructure:"key" secret:"true"`
-	KeyFile string `mapstructure:"key_file"`
+	Key     string `yaml:"key" secret:"true"`
+	KeyFile string `yaml:"key_file"`
 }
 
 // Tokens configures access-token caching and background refresh.
 type Tokens struct {
 	// RefreshSkew: an access token is renewed this long before it expires.
-	RefreshSkew time.Duration `mapstructure:"refresh_skew"`
+	RefreshSkew time.Duration `yaml:"refresh_skew"`
 	// BackgroundRefresh renews every delegated refresh token this often so
 	// Microsoft's 90-day inactivity expiry never hits a quiet relay.
-	BackgroundRefresh time.Duration `mapstructure:"background_refresh"`
+	BackgroundRefresh time.Duration `yaml:"background_refresh"`
 }
 
 // Delivery configures upstream delivery and retries.
 type Delivery struct {
 	// Workers is how many messages are delivered at once over all accounts.
-	Workers int `mapstructure:"workers"`
+	Workers int `yaml:"workers"`
 	// Connections per account (Microsoft allows 3 per mailbox).
-	Connections int `mapstructure:"connections"`
+	Connections int `yaml:"connections"`
 	// RatePerMinute per account (Microsoft: 30 per mailbox); 0 = unlimited.
-	RatePerMinute float64 `mapstructure:"rate_per_minute"`
+	RatePerMinute float64 `yaml:"rate_per_minute"`
 	// MessagesPerConnection before a connection is closed and a new one made.
-	MessagesPerConnection int           `mapstructure:"messages_per_connection"`
-	IdleTimeout           time.Duration `mapstructure:"idle_timeout"`
-	DialTimeout           time.Duration `mapstructure:"dial_timeout"`
-	CommandTimeout        time.Duration `mapstructure:"command_timeout"`
+	MessagesPerConnection int           `yaml:"messages_per_connection"`
+	IdleTimeout           time.Duration `yaml:"idle_timeout"`
+	DialTimeout           time.Duration `yaml:"dial_timeout"`
+	CommandTimeout        time.Duration `yaml:"command_timeout"`
 	// Retry is the delay after each failed attempt; the last repeats.
-	Retry []time.Duration `mapstructure:"retry"`
+	Retry []time.Duration `yaml:"retry"`
 	// Jitter spreads each delay by ± this fraction.
-	Jitter float64 `mapstructure:"jitter"`
+	Jitter float64 `yaml:"jitter"`
 	// MaxAge after which pending recipients fail with 4.4.7.
-	MaxAge time.Duration `mapstructure:"max_age"`
+	MaxAge time.Duration `yaml:"max_age"`
 }
 
 // Upstream is the Microsoft 365 submission server.
 type Upstream struct {
-	Addr string `mapstructure:"addr"`
+	Addr string `yaml:"addr"`
 	// TLS is "starttls" (port 587) or "implicit" (port 465).
-	TLS string `mapstructure:"tls"`
+	TLS string `yaml:"tls"`
 	// Hostname is sent with EHLO.
-	Hostname string `mapstructure:"hostname"`
+	Hostname string `yaml:"hostname"`
 	// CAFile adds a CA to the system roots (tests, TLS-inspecting proxies).
-	CAFile string `mapstructure:"ca_file"`
+	CAFile string `yaml:"ca_file"`
 	// InsecureAllowPlaintext sends bearer tokens without TLS. Tests only.
-	InsecureAllowPlaintext bool `mapstructure:"insecure_allow_plaintext"`
+	InsecureAllowPlaintext bool `yaml:"insecure_allow_plaintext"`
 }
 
 // Flow names.
@@ -149,26 +155,26 @@ const (
 
 // Account is one Microsoft 365 mailbox the relay signs in as.
 type Account struct {
-	Name             string `mapstructure:"name"`
-	Provider         string `mapstructure:"provider"`
-	Tenant           string `mapstructure:"tenant"`
-	ClientID         string `mapstructure:"client_id"`
-	ClientSecret     string `mapstructure:"client_secret" secret:"true"`
-	ClientSecretFile string `mapstructure:"client_secret_file"`
-	Flow             string `mapstructure:"flow"`
-	Mailbox          string `mapstructure:"mailbox"`
+	Name             string `yaml:"name"`
+	Provider         string `yaml:"provider"`
+	Tenant           string `yaml:"tenant"`
+	ClientID         string `yaml:"client_id"`
+	ClientSecret     string `yaml:"client_secret" secret:"true"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	Flow             string `yaml:"flow"`
+	Mailbox          string `yaml:"mailbox"`
 	// Senders are envelope-sender patterns routed to this account:
 	// "*@contoso.com", "alerts@contoso.com", "*".
-	Senders []string `mapstructure:"senders"`
+	Senders []string `yaml:"senders"`
 	// Authority is the Entra ID base URL (tests point it at the fake).
-	Authority     string `mapstructure:"authority"`
-	RewriteSender string `mapstructure:"rewrite_sender"`
+	Authority     string `yaml:"authority"`
+	RewriteSender string `yaml:"rewrite_sender"`
 }
 
 // Log configures log/slog output.
 type Log struct {
-	Level  string `mapstructure:"level"`
-	Format string `mapstructure:"format"`
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
 }
 
 // DefaultAuthority is Entra ID's public cloud.

@@ -157,7 +157,7 @@ func TestLoad_MissingEnvVarNamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Warnings) != 1 || !strings.Contains(got.Warnings[0], "${NOT_SET_ANYWHERE} is not set") || got.Admin.Token != "" {
+	if len(got.Warnings) != 1 || !strings.Contains(got.Warnings[0].String(), "${NOT_SET_ANYWHERE} is not set") || got.Admin.Token != "" {
 		t.Fatalf("want a warning naming the unset variable and an empty value, got %q %q", got.Warnings, got.Admin.Token)
 	}
 }

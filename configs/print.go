@@ -29,7 +29,7 @@ func toPlain(v reflect.Value) any {
 		t := v.Type()
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
-			tag := f.Tag.Get("mapstructure")
+			tag := f.Tag.Get("yaml")
 			if tag == "" {
 				continue
 			}
