@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -35,8 +36,9 @@ func TestLoad_EveryExampleFile(t *testing.T) {
 		t.Fatalf("expected example files in configs/, found %v", files)
 	}
 	env := []string{
-		"OAUTHRELAY_ADMIN_TOKEN=t", "HELPDESK_CLIENT_SECRET=s", "OAUTHRELAY_KEYSAFE_KEY=k",
-		"M365_TENANT=contoso.com", "M365_CLIENT_ID=id", "M365_MAILBOX=app@contoso.com",
+		"OAUTHRELAY_ADMIN_TOKEN=0123456789abcdef", "HELPDESK_CLIENT_SECRET=s",
+		"OAUTHRELAY_KEYSAFE_KEY=" + base64.StdEncoding.EncodeToString(make([]byte, 32)),
+		"M365_TENANT=contoso.com", "M365_CLIENT_ID=id", "M365_MAILBOX=app@contoso.com", "M365_SENDER_DOMAIN=contoso.com",
 	}
 	for _, f := range files {
 		if f == "docker-compose.yaml" {
@@ -129,11 +131,11 @@ func TestLoad_SecretsFromEnvAndFiles(t *testing.T) {
 	secretFile := filepath.Join(dir, "secret")
 	os.WriteFile(secretFile, []byte("from-file\n"), 0o600)
 	file := writeFile(t, minimal+"    client_secret_file: "+secretFile+"\nadmin:\n  token: ${ADMIN_TOK}\n")
-	got, err := Load(LoadOptions{File: file, Env: []string{"ADMIN_TOK=pa$$word"}})
+	got, err := Load(LoadOptions{File: file, Env: []string{"ADMIN_TOK=pa$$word-of-16-chars"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Admin.Token != "pa$$word" {
+	if got.Admin.Token != "pa$$word-of-16-chars" {
 		t.Errorf("admin.token = %q: ${VAR} not expanded, or $ inside the value touched", got.Admin.Token)
 	}
 	if got.Accounts[0].ClientSecret != "from-file" {

@@ -3,6 +3,7 @@ package configs
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"reflect"
 	"strings"
@@ -154,8 +155,33 @@ func resolveSecrets(c *Config) Problems {
 		a := &c.Accounts[i]
 		read(fmt.Sprintf("accounts[%d].client_secret", i), &a.ClientSecret, a.ClientSecretFile)
 	}
-	// keysafe.key_file is not read here: the keysafe creates it on first start.
+	if c.Keysafe.Key == "" && c.Keysafe.Path != "" {
+		p = append(p, checkKeyFile(c.Keysafe.KeyFile, c.Keysafe.Path)...)
+	}
 	return p
+}
+
+// checkKeyFile refuses, as the keysafe would at start (tokens.LoadKey), a
+// key file (default <keysafe>.key) that does not hold a key, or a keysafe
+// whose key file is gone. A file this user may not read is left to serve:
+// check-config often runs as another user.
+func checkKeyFile(keyFile, keysafePath string) Problems {
+	if keyFile == "" {
+		keyFile = keysafePath + ".key"
+	}
+	raw, err := os.ReadFile(keyFile)
+	switch {
+	case err == nil:
+		if what := keysafeKeyProblem(string(raw)); what != "" {
+			what = strings.Replace(what, "is ", "holds ", 1) // "holds the base64 of 16 bytes"
+			return Problems{{Key: "keysafe.key_file", Msg: fmt.Sprintf("%s %s — it must be the base64 of 32 random bytes: restore the right file from a backup (a keysafe opens only with its own key), or delete it if there is no keysafe yet and one is made at start", keyFile, what)}}
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		if _, err := os.Stat(keysafePath); err == nil {
+			return Problems{{Key: "keysafe.key_file", Msg: fmt.Sprintf("%s does not exist but the keysafe %s does — restore the key file from a backup, or set keysafe.key", keyFile, keysafePath)}}
+		}
+	}
+	return nil
 }
 
 // durationString renders a duration the way a person writes it in YAML:

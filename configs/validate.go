@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/mail"
@@ -27,6 +28,24 @@ func (ps Problems) Error() string {
 		lines[i] = p.String()
 	}
 	return fmt.Sprintf("configuration has %d problem(s):\n  %s", len(ps), strings.Join(lines, "\n  "))
+}
+
+// MinAdminToken is the shortest admin token serve accepts (admin.New).
+const MinAdminToken = 16
+
+// keysafeKeyProblem says what is wrong with a keysafe key as written (in
+// keysafe.key or its file) — "is not base64", "is the base64 of 16 bytes" —
+// or "" if it is the base64 of 32 bytes: the rule of tokens.LoadKey, which
+// configs may not import.
+func keysafeKeyProblem(text string) string {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
+	switch {
+	case err != nil:
+		return "is not base64"
+	case len(key) != 32:
+		return fmt.Sprintf("is the base64 of %d bytes", len(key))
+	}
+	return ""
 }
 
 var accountName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -72,6 +91,14 @@ func Validate(c *Config) Problems {
 	}
 
 	hostPort("admin.addr", c.Admin.Addr, "127.0.0.1:8025")
+	// An empty token is fine: serve makes one (admin.token beside the keysafe).
+	if n := len(c.Admin.Token); n > 0 && n < MinAdminToken {
+		key := "admin.token"
+		if c.Admin.TokenFile != "" {
+			key = "admin.token_file" // the token was read from it
+		}
+		add(key, "is %d characters; serve needs at least %d — make one with: head -c 24 /dev/urandom | base64", n, MinAdminToken)
+	}
 	if host, _, err := net.SplitHostPort(c.Admin.Addr); err == nil && c.Admin.PublicURL == "" && (host == "" || host == "0.0.0.0" || host == "::") {
 		for _, a := range c.Accounts {
 			if a.Flow == FlowAuthorizationCode || a.Flow == "" {
@@ -97,6 +124,11 @@ func Validate(c *Config) Problems {
 	}
 	if c.Keysafe.Key != "" && c.Keysafe.KeyFile != "" {
 		add("keysafe.key", "set together with keysafe.key_file — keep only one")
+	}
+	if c.Keysafe.Key != "" {
+		if what := keysafeKeyProblem(c.Keysafe.Key); what != "" {
+			add("keysafe.key", "%s — it must be the base64 of 32 random bytes: the key the keysafe was made with, or for a new one: head -c 32 /dev/urandom | base64", what)
+		}
 	}
 	if c.Tokens.RefreshSkew < 0 || c.Tokens.RefreshSkew >= 50*60e9 {
 		add("tokens.refresh_skew", "must be between 0 and 50m (access tokens live about 60m) — e.g. 5m")
