@@ -23,6 +23,17 @@ func holdAll() *recorder {
 	return newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "hold"} })
 }
 
+// sealedFor seals rec for the segment at path, as an append to it would be.
+func sealedFor(t *testing.T, path string, rec []byte) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < segHeader {
+		t.Fatalf("segment %s: %v", path, err)
+	}
+	sealRecord(rec, b[len(segMagic):len(segMagic)+segNonceLen])
+	return rec
+}
+
 func lastSegment(t *testing.T, dir string) string {
 	t.Helper()
 	s := &store{dir: dir}
@@ -91,7 +102,7 @@ func TestStore_DamagedRecordKeepsTheRecordsAfterIt(t *testing.T) {
 			q1.Close(context.Background())
 			seg := lastSegment(t, dir)
 			b, _ := os.ReadFile(seg)
-			b[where.at(b, len(segMagic))] ^= 0x40
+			b[where.at(b, segHeader)] ^= 0x40
 			os.WriteFile(seg, b, 0o600)
 
 			var logs bytes.Buffer
@@ -164,8 +175,9 @@ func FuzzRecover(f *testing.F) {
 	f.Add(uint16(500), []byte("garbage that is long enough to cross a record boundary, maybe two of them"), false)
 	f.Fuzz(func(t *testing.T, at uint16, junk []byte, appendIt bool) {
 		type span struct{ from, to int }
+		nonce := []byte("12345678")
 		var log []byte
-		log = append(log, segMagic...)
+		log = append(log, segmentHeader(nonce)...)
 		bodies := map[string]string{}
 		where := map[string]span{}
 		base := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -175,6 +187,7 @@ func FuzzRecover(f *testing.F) {
 			mb, _ := json.Marshal(m)
 			body := fmt.Sprintf("message %d %s", i, strings.Repeat("z", i*7))
 			r := newRecord(mb, []byte(body))
+			sealRecord(r, nonce)
 			where[m.ID] = span{len(log), len(log) + len(r)}
 			bodies[m.ID] = body
 			log = append(log, r...)
@@ -191,7 +204,7 @@ func FuzzRecover(f *testing.F) {
 		// to fuzz; the tests above go through the files).
 		live := map[string]*scanned{}
 		if _, err := applyRecords(log, 1, live, func(int64, []byte, error) {}); err != nil {
-			if len(log) >= len(segMagic) {
+			if len(log) >= segHeader {
 				t.Fatal(err)
 			}
 			return
@@ -285,4 +298,35 @@ func TestQueue_FullDisk(t *testing.T) {
 	if !strings.Contains(logs.String(), "disk is full") || !strings.Contains(logs.String(), "room again") {
 		t.Errorf("log does not tell the story: %s", logs.String())
 	}
+}
+
+// A client cannot plant a record: a message body holding a well-formed
+// record (here a whole new message) is never taken for one while recovery
+// resynchronises through it after damage, because the record's header
+// checksum needs the segment's nonce, which no client can know.
+func TestStore_RecordPlantedInABodyIsNotTrusted(t *testing.T) {
+	dir := t.TempDir()
+	q1 := open(t, dir, holdAll(), nil)
+	q1.Pause("helpdesk", "hold")
+	m := &Meta{Version: MetaVersion, ID: newID(time.Now()), From: "attacker@evil.example", Account: "helpdesk", Arrived: time.Now(), AgeFrom: time.Now(),
+		Recipients: []Recipient{{Addr: "victim@example.com", State: StateQueued}}}
+	mb, _ := json.Marshal(m)
+	planted := newRecord(mb, []byte("planted"))
+	sealRecord(planted, make([]byte, segNonceLen)) // the best guess: any nonce
+	carrier := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "start "+string(planted)+" end")
+	after := enqueue(t, q1, env("a@contoso.com", "c@example.com"), "after")
+	q1.Close(context.Background())
+	seg := lastSegment(t, dir)
+	b, _ := os.ReadFile(seg)
+	b[segHeader+3] ^= 0x40 // the carrier's own header: recovery must resynchronise
+	os.WriteFile(seg, b, 0o600)
+
+	q2 := open(t, dir, holdAll(), nil)
+	if _, err := q2.Get(m.ID); err == nil {
+		t.Fatal("a record planted in a message body was recovered as a message")
+	}
+	if _, err := q2.Get(after); err != nil {
+		t.Errorf("the message after the damage was not recovered: %v", err)
+	}
+	_ = carrier
 }

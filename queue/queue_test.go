@@ -293,7 +293,7 @@ func TestStore_TornLogTail(t *testing.T) {
 				Recipients: []Recipient{{Addr: "torn@example.com", State: StateQueued}}}
 			mb, _ := json.Marshal(m)
 			f, _ := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
-			f.Write(tail.junk(newRecord(mb, []byte("torn"))))
+			f.Write(tail.junk(sealedFor(t, last, newRecord(mb, []byte("torn")))))
 			f.Close()
 			sizeBefore := fileSize(t, last)
 
@@ -730,8 +730,9 @@ func TestQueue_CorruptMetaQuarantined(t *testing.T) {
 	good := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "good")
 	q1.Close(context.Background())
 	seqs, _ := (&store{dir: dir}).segments()
-	f, _ := os.OpenFile((&store{dir: dir}).segPath(seqs[len(seqs)-1]), os.O_WRONLY|os.O_APPEND, 0)
-	f.Write(newRecord([]byte(`{"version":99,"id":"ffffffffffffffffffff"}`), []byte("x")))
+	last := (&store{dir: dir}).segPath(seqs[len(seqs)-1])
+	f, _ := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+	f.Write(sealedFor(t, last, newRecord([]byte(`{"version":99,"id":"ffffffffffffffffffff"}`), []byte("x"))))
 	f.Close()
 	rec := newRecorder(nil)
 	q2 := open(t, dir, rec, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })

@@ -12,15 +12,23 @@ import (
 // segment's bytes back, finding every intact record even after damage. It
 // does no I/O; store.go reads and writes the files.
 //
-// A segment starts with a 24-byte header naming its format version. Records
-// of version 2 (written since) are
+// A segment starts with a 24-byte line naming its format version; version
+// 2 follows it with an 8-byte random nonce of the segment's own and the
+// CRC-32C of that nonce. Its records are
 //
-//	[2 magic 0xA5 0x52][4 length n][4 CRC-32C of type+payload][1 type][4 CRC-32C of the 11 bytes before][n-1 payload]
+//	[2 magic 0xA5 0x52][4 length n][4 CRC-32C of type+payload][1 type][4 CRC-32C of nonce + the 11 bytes before][n-1 payload]
 //
 // The magic and the header checksum let a reader that met a damaged record
 // find the next intact one (resynchronise) instead of giving up on the rest
-// of the segment. Version 1 records ([4 length][4 CRC][1 type][payload]) are
-// still read; a reader resynchronises in them by trying every offset.
+// of the segment. The nonce in the header checksum means a record cannot be
+// forged from outside: bytes a client sends (a message body holding a copy
+// of a record) never pass for a record while resynchronising, since the
+// client cannot know the nonce; and such planted headers cost no more than
+// one 15-byte checksum each to reject. Version 1 records ([4 length][4
+// CRC][1 type][payload], after a 24-byte header) are still read; a reader
+// resynchronises in them by trying every offset. Should the nonce itself be
+// damaged (its checksum fails), the segment's records are read without
+// header checksums, as version 1's are.
 
 const (
 	recNew  = 'N' // [4 meta length][meta JSON][body]: a message, body inline
@@ -31,8 +39,10 @@ const (
 	recHeaderV1 = 9       // version 1 header
 	recMax      = 8 << 20 // longest type+payload; never written longer, a longer length is damage
 
-	segMagic   = "oauthrelay spool log v2\n"
-	segMagicV1 = "oauthrelay spool log v1\n"
+	segMagic    = "oauthrelay spool log v2\n"
+	segMagicV1  = "oauthrelay spool log v1\n"
+	segNonceLen = 8
+	segHeader   = len(segMagic) + segNonceLen + 4 // where a version 2 segment's first record starts
 )
 
 var (
@@ -45,7 +55,8 @@ var (
 var ErrRecordTooLarge = fmt.Errorf("%w: the message's envelope is too large for a spool record (%d MiB)", ErrDiskTrouble, recMax>>20)
 
 // encodeRecord builds a version 2 record of type typ whose payload is the
-// concatenation of parts.
+// concatenation of parts. Its header checksum is left for sealRecord, with
+// the nonce of the segment it goes to.
 func encodeRecord(typ byte, parts ...[]byte) []byte {
 	n := 1
 	for _, p := range parts {
@@ -60,8 +71,17 @@ func encodeRecord(typ byte, parts ...[]byte) []byte {
 	}
 	sum := crc32.Update(crc32.Checksum(b[10:11], crcTable), crcTable, b[recHeader:])
 	binary.LittleEndian.PutUint32(b[6:], sum)
-	binary.LittleEndian.PutUint32(b[11:], crc32.Checksum(b[:11], crcTable))
 	return b
+}
+
+// sealRecord sets a version 2 record's header checksum for the segment
+// whose nonce is given.
+func sealRecord(rec, nonce []byte) {
+	binary.LittleEndian.PutUint32(rec[11:], headerSum(nonce, rec[:11]))
+}
+
+func headerSum(nonce, hdr []byte) uint32 {
+	return crc32.Update(crc32.Checksum(nonce, crcTable), crcTable, hdr)
 }
 
 func newRecord(meta, body []byte) []byte {
@@ -85,17 +105,35 @@ func splitNew(payload []byte) (meta, body []byte, ok bool) {
 // segFormat is a segment's record format, from its header.
 type segFormat struct {
 	v1     bool
-	hdrLen int
+	hdrLen int    // of a record
+	start  int    // offset of the first record
+	nonce  []byte // version 2; nil: damaged, header checksums are not checked
 }
 
-func formatOf(header []byte) (segFormat, bool) {
-	switch string(header) {
-	case segMagic:
-		return segFormat{hdrLen: recHeader}, true
-	case segMagicV1:
-		return segFormat{v1: true, hdrLen: recHeaderV1}, true
+func formatV1() segFormat { return segFormat{v1: true, hdrLen: recHeaderV1, start: len(segMagicV1)} }
+
+func formatV2(nonce []byte) segFormat {
+	return segFormat{hdrLen: recHeader, start: segHeader, nonce: nonce}
+}
+
+// segmentHeader is the start of a new version 2 segment with nonce.
+func segmentHeader(nonce []byte) []byte {
+	b := append([]byte(segMagic), nonce...)
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(nonce, crcTable))
+}
+
+// formatOf reads a segment's header (at least segHeader bytes of data, or
+// a whole short version 1 segment). An unknown one is read as version 2.
+// ok is false when the header is damaged.
+func formatOf(data []byte) (f segFormat, ok bool) {
+	if string(data[:len(segMagic)]) == segMagicV1 {
+		return formatV1(), true
 	}
-	return segFormat{hdrLen: recHeader}, false
+	nonce := data[len(segMagic) : len(segMagic)+segNonceLen]
+	if crc32.Checksum(nonce, crcTable) != binary.LittleEndian.Uint32(data[len(segMagic)+segNonceLen:]) {
+		return formatV2(nil), false
+	}
+	return formatV2(bytes.Clone(nonce)), string(data[:len(segMagic)]) == segMagic
 }
 
 // typeAt is the type byte of a record header.
@@ -140,7 +178,7 @@ func (f segFormat) recordAt(data []byte, off int) (record, recStatus) {
 		}
 	} else {
 		if rest[0] != recMagic[0] || rest[1] != recMagic[1] ||
-			binary.LittleEndian.Uint32(rest[11:]) != crc32.Checksum(rest[:11], crcTable) {
+			f.nonce != nil && binary.LittleEndian.Uint32(rest[11:]) != headerSum(f.nonce, rest[:11]) {
 			return record{off: off}, recBad
 		}
 		n, sum, typ = int(binary.LittleEndian.Uint32(rest[2:])), binary.LittleEndian.Uint32(rest[6:]), rest[10]
@@ -211,7 +249,7 @@ func (sc *segScan) end() int {
 	if n := len(sc.records); n > 0 {
 		return sc.records[n-1].off + sc.records[n-1].size
 	}
-	return len(segMagic)
+	return sc.format.start
 }
 
 var errNoSegmentHeader = errors.New("no segment header")
@@ -221,17 +259,17 @@ var errNoSegmentHeader = errors.New("no segment header")
 // because of damage before it. An unknown segment header is read as
 // version 2 (its records carry their own magic) and reported as damage.
 func scanRecords(data []byte) (*segScan, error) {
-	if len(data) < len(segMagic) {
+	if len(data) < len(segMagic) || len(data) < segHeader && string(data[:len(segMagic)]) != segMagicV1 {
 		return nil, errNoSegmentHeader
 	}
-	f, known := formatOf(data[:len(segMagic)])
+	f, known := formatOf(data)
 	sc := scanAs(f, data)
 	if !known || len(sc.damage) > 0 || sc.tail != nil && !sc.torn {
 		// The header may be the damaged part: read it the other way too
 		// and keep whichever finds more.
-		other := segFormat{hdrLen: recHeader}
-		if !f.v1 {
-			other = segFormat{v1: true, hdrLen: recHeaderV1}
+		other := formatV1()
+		if f.v1 && len(data) >= segHeader {
+			other, _ = formatOf(append([]byte(segMagic), data[len(segMagic):]...))
 		}
 		if alt := scanAs(other, data); alt.recordBytes() > sc.recordBytes() {
 			sc = alt
@@ -239,7 +277,7 @@ func scanRecords(data []byte) (*segScan, error) {
 		}
 	}
 	if !known {
-		sc.damage = append([]span{{0, len(segMagic), fmt.Sprintf("segment header %q", data[:len(segMagic)])}}, sc.damage...)
+		sc.damage = append([]span{{0, sc.format.start, fmt.Sprintf("segment header %q", data[:len(segMagic)])}}, sc.damage...)
 	}
 	return sc, nil
 }
@@ -254,7 +292,7 @@ func (sc *segScan) recordBytes() int {
 
 func scanAs(f segFormat, data []byte) *segScan {
 	sc := &segScan{format: f}
-	off := len(segMagic)
+	off := f.start
 	for off < len(data) {
 		r, st := f.recordAt(data, off)
 		if st == recOK {

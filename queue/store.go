@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bufio"
+	"crypto/rand"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -279,19 +280,22 @@ func (s *store) appendLocked(rec []byte, newMail bool) (*segment, int64, error) 
 }
 
 func (s *store) writeLocked(rec []byte) (*segment, int64, error) {
-	if s.cur == nil || s.broken || s.cur.size+int64(len(rec)) > s.segMax && s.cur.size > int64(len(segMagic)) {
+	if s.cur == nil || s.broken || s.cur.size+int64(len(rec)) > s.segMax && s.cur.size > int64(s.cur.format.start) {
 		select {
 		case <-s.closed:
 			return nil, 0, errors.New("queue closed")
 		default:
 		}
-		if err := s.rotateLocked(); err != nil && (s.cur == nil || s.cur.poisoned || s.broken || !isNoSpace(err)) {
+		if err := s.rotateLocked(); err != nil && (s.cur == nil || s.cur.poisoned || s.broken || s.cur.format.v1 || !isNoSpace(err)) {
 			return nil, 0, err
 		}
 		// No room for a new segment: the current one takes the record.
 	}
 	g := s.cur
 	off := g.size
+	if !g.format.v1 {
+		sealRecord(rec, g.format.nonce)
+	}
 	var err error
 	if s.writeFault != nil {
 		if err = s.writeFault(); err != nil {
@@ -420,7 +424,9 @@ func (s *store) rotateLocked() error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write([]byte(segMagic)); err != nil {
+	nonce := make([]byte, segNonceLen)
+	rand.Read(nonce)
+	if _, err := f.Write(segmentHeader(nonce)); err != nil {
 		f.Close()
 		os.Remove(s.segPath(seq))
 		return err
@@ -439,7 +445,7 @@ func (s *store) rotateLocked() error {
 		os.Remove(s.segPath(seq))
 		return err
 	}
-	g := &segment{seq: seq, f: f, size: int64(len(segMagic)), format: segFormat{hdrLen: recHeader}}
+	g := &segment{seq: seq, f: f, size: int64(segHeader), format: formatV2(nonce)}
 	s.segs = append(s.segs, g)
 	s.cur = g
 	s.broken = false
