@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"time"
@@ -41,6 +42,8 @@ type Loaded struct {
 	Config
 	// File is the YAML file read, or "" if none was found.
 	File string
+	// Searched are the paths looked at for a file (absolute), in order.
+	Searched []string
 	// Warnings are things worth saying that do not stop the relay, such as
 	// a ${VAR} that is not set (it becomes empty, as in docker compose).
 	Warnings []Warning
@@ -55,6 +58,19 @@ type Warning struct {
 
 func (w Warning) String() string { return w.Key + ": " + w.Msg }
 
+// Source says where the configuration came from, for check-config and the
+// start of serve: the file, or that none was found where.
+func (l *Loaded) Source() string {
+	if l.File != "" {
+		return l.File + " (+ OAUTHRELAY_* environment variables and flags)"
+	}
+	where := "nowhere"
+	if len(l.Searched) > 0 {
+		where = strings.Join(l.Searched, ", ")
+	}
+	return "no config file found (looked for " + where + "); running on built-in defaults + OAUTHRELAY_* environment variables (and flags)"
+}
+
 // Load reads, resolves and validates the configuration. Every problem —
 // a value that cannot be read as its key's type, an unknown key or
 // variable, a secret that cannot be read, a value validation refuses — is
@@ -64,11 +80,11 @@ func (w Warning) String() string { return w.Key + ": " + w.Msg }
 func Load(opts LoadOptions) (*Loaded, error) {
 	env := envMap(opts.Env)
 	out := &Loaded{Config: Default()}
-	file, err := findFile(opts)
+	file, searched, err := findFile(opts)
 	if err != nil {
 		return nil, err
 	}
-	out.File = file
+	out.File, out.Searched = file, searched
 
 	d := newDecoder(env)
 	fileOK := true
@@ -112,23 +128,29 @@ func Load(opts LoadOptions) (*Loaded, error) {
 	return out, nil
 }
 
-func findFile(opts LoadOptions) (string, error) {
+// findFile returns the file to read and the paths looked at.
+func findFile(opts LoadOptions) (string, []string, error) {
 	if opts.File != "" {
 		if _, err := os.Stat(opts.File); err != nil {
-			return "", fmt.Errorf("config: --config %s: %w", opts.File, err)
+			return "", nil, fmt.Errorf("config: --config %s: %w", opts.File, err)
 		}
-		return opts.File, nil
+		return opts.File, []string{opts.File}, nil
 	}
 	paths := opts.SearchPaths
 	if paths == nil {
 		paths = DefaultSearchPaths
 	}
+	var searched []string
 	for _, p := range paths {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		searched = append(searched, p)
 		if _, err := os.Stat(p); err == nil {
-			return p, nil
+			return p, searched, nil
 		}
 	}
-	return "", nil
+	return "", searched, nil
 }
 
 // resolveSecrets reads the *_file variants. A key and its _file variant

@@ -118,6 +118,9 @@ means serve would start with it.`,
 			}
 			var problems configs.Problems
 			if errors.As(err, &problems) {
+				if loaded.File == "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), "oauthrelay:", loaded.Source())
+				}
 				return exitError{code: 2, err: err}
 			}
 			if err != nil {
@@ -128,11 +131,7 @@ means serve would start with it.`,
 				return err
 			}
 			w := cmd.OutOrStdout()
-			if loaded.File != "" {
-				fmt.Fprintf(w, "# configuration OK: %s (+ environment and flags)\n", loaded.File)
-			} else {
-				fmt.Fprintln(w, "# configuration OK: no file found; defaults + environment and flags")
-			}
+			fmt.Fprintf(w, "# configuration OK: %s\n", loaded.Source())
 			_, err = w.Write(out)
 			return err
 		},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +35,11 @@ systemctl restart oauthrelay — nothing queued is lost by a restart.`,
 			}
 			c := &loaded.Config
 			log := newLogger(c.Log, os.Stderr)
+			if loaded.File == "" {
+				log.Info("no config file found: running on built-in defaults + OAUTHRELAY_* environment variables", "searched", strings.Join(loaded.Searched, ", "))
+			} else {
+				log.Info("configuration", "file", loaded.File)
+			}
 			r, err := relay.New(c, log, relay.Hooks{Version: version})
 			if err != nil {
 				return err

@@ -22,7 +22,7 @@ func newLogger(c configs.Log, w io.Writer) *slog.Logger {
 }
 
 // mustLoad loads the configuration or returns an exit error that names
-// every problem.
+// every problem, saying first, if no file was found, where it looked.
 func mustLoad(cmdLoad func() (*configs.Loaded, error)) (*configs.Loaded, error) {
 	loaded, err := cmdLoad()
 	if loaded != nil {
@@ -31,6 +31,9 @@ func mustLoad(cmdLoad func() (*configs.Loaded, error)) (*configs.Loaded, error) 
 		}
 	}
 	if err != nil {
+		if loaded != nil && loaded.File == "" {
+			fmt.Fprintln(os.Stderr, "oauthrelay:", loaded.Source())
+		}
 		return nil, exitError{code: 2, err: err}
 	}
 	return loaded, nil

@@ -1,0 +1,109 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// cli runs the built oauthrelay in dir with exactly env (nil: empty) and
+// returns its stdout, stderr and exit code.
+func cli(t *testing.T, dir string, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{}, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+var cliAccountEnv = []string{
+	"OAUTHRELAY_ACCOUNTS_0_NAME=app",
+	"OAUTHRELAY_ACCOUNTS_0_TENANT=contoso.com",
+	"OAUTHRELAY_ACCOUNTS_0_CLIENT_ID=id",
+	"OAUTHRELAY_ACCOUNTS_0_MAILBOX=app@contoso.com",
+	"OAUTHRELAY_ACCOUNTS_0_SENDERS=*@contoso.com",
+}
+
+func TestCLI_NoConfigFileNamesThePathsSearched(t *testing.T) {
+	if _, err := os.Stat("/etc/oauthrelay/oauthrelay.yaml"); err == nil {
+		t.Skip("this machine has /etc/oauthrelay/oauthrelay.yaml")
+	}
+	dir := t.TempDir()
+	searched := []string{filepath.Join(dir, "oauthrelay.yaml"), "/etc/oauthrelay/oauthrelay.yaml"}
+
+	stdout, stderr, code := cli(t, dir, cliAccountEnv, "check-config")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	for _, want := range append(searched, "no config file found", "OAUTHRELAY_*") {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("check-config does not say %q:\n%s", want, stdout)
+		}
+	}
+
+	// With problems, and from serve, the same is said before the problems:
+	// "accounts: none configured" alone would not tell that the file was
+	// not found.
+	for _, cmd := range []string{"check-config", "serve"} {
+		_, stderr, code := cli(t, dir, nil, cmd)
+		if code != 2 || !strings.Contains(stderr, "accounts: none configured") {
+			t.Fatalf("%s: exit %d, want 2 with the problem:\n%s", cmd, code, stderr)
+		}
+		for _, want := range append(searched, "no config file found") {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("%s does not say %q:\n%s", cmd, want, stderr)
+			}
+		}
+	}
+}
+
+func TestCLI_CheckConfigRefusesWhatServeRefuses(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "oauthrelay.yaml")
+	os.WriteFile(file, []byte(`
+listen:
+  read_timeout: 300
+  max_sessions: sixteen
+admin:
+  token: short
+keysafe:
+  key: bm90IDMyIGJ5dGVz
+accounts:
+  - name: app
+    tenant: contoso.com
+    client_id: id
+    mailbox: app@contoso.com
+    senders: ["*@contoso.com"]
+`), 0o600)
+	_, stderr, code := cli(t, dir, []string{"OAUTHRELAY_LISTEN_ADR=0.0.0.0:2525", "OAUTHRELAY_DELIVERY_MAX_AGE=5d"}, "check-config", "--config", file)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2:\n%s", code, stderr)
+	}
+	for _, want := range []string{
+		"configuration has 6 problem(s)",
+		"listen.read_timeout: 300 has no unit — e.g. 300s or 5m",
+		`listen.max_sessions: "sixteen" is not a whole number — e.g. 100`,
+		"admin.token: is 5 characters; serve needs at least 16 — make one with: head -c 24 /dev/urandom | base64",
+		"keysafe.key: is the base64 of 12 bytes — it must be the base64 of 32 random bytes",
+		"OAUTHRELAY_LISTEN_ADR: unknown variable — did you mean OAUTHRELAY_LISTEN_ADDR?",
+		`OAUTHRELAY_DELIVERY_MAX_AGE: "5d": d (days) is not a unit — write hours, e.g. 120h`,
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("missing %q in:\n%s", want, stderr)
+		}
+	}
+}
