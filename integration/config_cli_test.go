@@ -30,12 +30,71 @@ func cli(t *testing.T, dir string, env []string, args ...string) (string, string
 	return stdout.String(), stderr.String(), code
 }
 
+func exampleConfig(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("../configs/oauthrelay.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 var cliAccountEnv = []string{
 	"OAUTHRELAY_ACCOUNTS_0_NAME=app",
 	"OAUTHRELAY_ACCOUNTS_0_TENANT=contoso.com",
 	"OAUTHRELAY_ACCOUNTS_0_CLIENT_ID=id",
 	"OAUTHRELAY_ACCOUNTS_0_MAILBOX=app@contoso.com",
 	"OAUTHRELAY_ACCOUNTS_0_SENDERS=*@contoso.com",
+}
+
+// The example configuration, used as documented (no environment at all),
+// makes no command warn: its secrets are optional and come from OAUTHRELAY_*
+// variables or *_file keys, not from ${VAR}s that are unset.
+func TestCLI_ExampleConfigDoesNotWarn(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"health"},
+		{"accounts"},
+		{"queue", "list"},
+		{"send", "--from", "a@contoso.com", "--to", "b@example.com"},
+		{"check-config"},
+	} {
+		// (listen.addr moved so that send finds nobody.)
+		_, stderr, _ := cli(t, dir, []string{"OAUTHRELAY_LISTEN_ADDR=127.0.0.1:1"}, append(args, "--config", exampleConfig(t))...)
+		if strings.Contains(stderr, "warning") {
+			t.Errorf("%s on the example config warns:\n%s", args, stderr)
+		}
+	}
+}
+
+// Client commands (health, accounts, queue, check, send) need only the admin
+// address and token, or the listener's address: an unset ${VAR} elsewhere is
+// serve's business, and they do not talk about it. One in a key they use is
+// still said; serve and check-config say all.
+func TestCLI_ClientCommandsWarnOnlyAboutKeysTheyUse(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "oauthrelay.yaml")
+	os.WriteFile(file, []byte(`
+admin:
+  token: ${UNSET_ADMIN_TOKEN}
+keysafe:
+  path: `+filepath.Join(dir, "keysafe.bin")+`
+accounts:
+  - name: app
+    tenant: contoso.com
+    client_id: id
+    client_secret: ${UNSET_CLIENT_SECRET}
+    mailbox: app@contoso.com
+    senders: ["*@contoso.com"]
+`), 0o600)
+	_, stderr, _ := cli(t, dir, nil, "health", "--config", file)
+	if !strings.Contains(stderr, "${UNSET_ADMIN_TOKEN}") || strings.Contains(stderr, "UNSET_CLIENT_SECRET") {
+		t.Errorf("health should warn about admin.token only:\n%s", stderr)
+	}
+	_, stderr, code := cli(t, dir, nil, "check-config", "--config", file)
+	if code != 0 || !strings.Contains(stderr, "${UNSET_ADMIN_TOKEN}") || !strings.Contains(stderr, "${UNSET_CLIENT_SECRET}") {
+		t.Errorf("check-config should pass and warn about both (exit %d):\n%s", code, stderr)
+	}
 }
 
 func TestCLI_NoConfigFileNamesThePathsSearched(t *testing.T) {

@@ -81,7 +81,11 @@ refreshes and keeps encrypted itself.`,
 // the command's flags bound with configs.BindFlag.
 func loadConfig(cmd *cobra.Command) (*configs.Loaded, error) {
 	file, _ := cmd.Flags().GetString("config")
-	return configs.Load(configs.LoadOptions{File: file, Flags: cmd.Flags()})
+	loaded, err := configs.Load(configs.LoadOptions{File: file, Flags: cmd.Flags()})
+	if loaded != nil {
+		loaded.Warnings = onlyWarningsAbout(loaded.Warnings, keysUsed(cmd))
+	}
+	return loaded, err
 }
 
 func newVersionCmd() *cobra.Command {

@@ -5,9 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/spf13/cobra"
 )
 
 // newLogger builds the slog logger described by log.*.
@@ -37,4 +39,30 @@ func mustLoad(cmdLoad func() (*configs.Loaded, error)) (*configs.Loaded, error) 
 		return nil, exitError{code: 2, err: err}
 	}
 	return loaded, nil
+}
+
+// keysUsed lists the config keys cmd reads, or nil if it reads them all.
+// The client commands talk to a running relay and need only its addresses
+// and the admin token, so an unset ${VAR} in an account's secret is serve's
+// business, not theirs to warn about.
+func keysUsed(cmd *cobra.Command) []string {
+	top := cmd
+	for top.HasParent() && top.Parent().HasParent() {
+		top = top.Parent()
+	}
+	switch top.Name() {
+	case "accounts", "queue", "health", "check":
+		return []string{"admin.addr", "admin.token", "admin.token_file", "keysafe.path", "spool.dir"}
+	case "send":
+		return []string{"listen.addr"}
+	}
+	return nil
+}
+
+// onlyWarningsAbout keeps the warnings about keys (all if keys is nil).
+func onlyWarningsAbout(ws []configs.Warning, keys []string) []configs.Warning {
+	if keys == nil {
+		return ws
+	}
+	return slices.DeleteFunc(ws, func(w configs.Warning) bool { return !slices.Contains(keys, w.Key) })
 }
