@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -524,5 +525,35 @@ func TestListener_StartTLSThenAuth(t *testing.T) {
 	}
 	if msgs := q.messages(); len(msgs) != 1 {
 		t.Fatalf("queued %d", len(msgs))
+	}
+}
+
+func TestListener_AuthExchange(t *testing.T) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	addr, _ := startListener(t, func(c *ListenerConfig) { c.Users = map[string][]byte{"app": hash} })
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	c := dialSMTP(t, addr)
+	c.expect("503 5.5.1", "AUTH PLAIN %s", b64("\x00app\x00pw")) // EHLO first (RFC 4954)
+	c.expect("250", "EHLO client.test")
+	c.expect("504 5.7.4", "AUTH CRAM-MD5")
+	c.expect("334 "+b64("Username:"), "AUTH LOGIN")
+	c.expect("501 5.0.0", "*") // cancelled
+	c.expect("501 5.5.2", "AUTH PLAIN not-base64!")
+	c.expect("334 "+b64("Username:"), "AUTH LOGIN")
+	c.expect("334 "+b64("Password:"), "%s", b64("app"))
+	c.expect("235 2.7.0", "%s", b64("pw"))
+	c.expect("503 5.5.1", "AUTH PLAIN %s", b64("\x00app\x00pw")) // once per session
+
+	// Guessing passwords ends the session after maxErrors tries.
+	g := dialSMTP(t, addr)
+	g.expect("250", "EHLO guesser.test")
+	for range maxErrors - 1 {
+		g.expect("535 5.7.8", "AUTH PLAIN %s", b64("\x00app\x00guess"))
+	}
+	if r := g.cmd("AUTH PLAIN %s", b64("\x00app\x00guess")); !strings.HasPrefix(r, "535 5.7.8") {
+		t.Fatalf("got %q", r)
+	}
+	if r := g.read(); !strings.HasPrefix(r, "421 4.7.0") {
+		t.Errorf("after %d failed AUTH: %q", maxErrors, r)
 	}
 }
