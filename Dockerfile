@@ -15,14 +15,16 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/oauthrelay /usr/local/bin/oauthrelay
 COPY --from=build --chown=65532:65532 /out/data /data
 # Spool, keysafe, keysafe key and generated admin token live on /data.
-# Inside the container the listener takes the private ranges Docker networks
-# use; never publish 2525 to the outside world, and publish 8025 on the
-# host's 127.0.0.1 only.
+# The listener accepts the networks the container is attached to (loopback
+# and each interface's subnet, resolved at start: the app beside it), not
+# every private range. With --network host that is the host's networks, so
+# list the app's address instead; never publish 2525, and publish 8025 on
+# the host's 127.0.0.1 only.
 ENV OAUTHRELAY_SPOOL_DIR=/data/spool \
     OAUTHRELAY_KEYSAFE_PATH=/data/keysafe.bin \
     OAUTHRELAY_LISTEN_ADDR=0.0.0.0:2525 \
     OAUTHRELAY_LISTEN_HOSTNAME=oauthrelay \
-    OAUTHRELAY_LISTEN_ALLOWED_NETWORKS=127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16 \
+    OAUTHRELAY_LISTEN_ALLOWED_NETWORKS=attached \
     OAUTHRELAY_ADMIN_ADDR=0.0.0.0:8025 \
     OAUTHRELAY_LOG_FORMAT=json
 VOLUME ["/data"]

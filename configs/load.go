@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -27,6 +28,9 @@ type LoadOptions struct {
 	// Flags are applied last. A flag is bound to a config key by the
 	// annotation FlagKey (see BindFlag); only changed flags count.
 	Flags *pflag.FlagSet
+	// InterfaceAddrs lists the machine's interface addresses for the
+	// "attached" network keyword; nil means the real ones.
+	InterfaceAddrs func() ([]netip.Prefix, error)
 }
 
 // FlagKey is the pflag annotation that names the config key a flag sets.
@@ -44,6 +48,9 @@ type Loaded struct {
 	File string
 	// Searched are the paths looked at for a file (absolute), in order.
 	Searched []string
+	// Attached is what the "attached" keyword of listen.allowed_networks
+	// stood for (Config has it replaced), or nil if it is not used.
+	Attached []string
 	// Warnings are things worth saying that do not stop the relay, such as
 	// a ${VAR} that is not set (it becomes empty, as in docker compose).
 	Warnings []Warning
@@ -122,6 +129,15 @@ func Load(opts LoadOptions) (*Loaded, error) {
 			problems = append(problems, p)
 		}
 	}
+	ifaces := opts.InterfaceAddrs
+	if ifaces == nil {
+		ifaces = interfaceAddrs
+	}
+	nets, attached, err := resolveAttached(out.Listen.AllowedNetworks, ifaces)
+	if err != nil {
+		problems = append(problems, Problem{Key: "listen.allowed_networks", Msg: err.Error()})
+	}
+	out.Listen.AllowedNetworks, out.Attached = nets, attached
 	if len(problems) > 0 {
 		return out, problems
 	}

@@ -67,8 +67,8 @@ func Validate(c *Config) Problems {
 		add("listen.allowed_networks", "empty — nobody could send; list the networks of your applications, e.g. [127.0.0.0/8]")
 	}
 	for i, n := range c.Listen.AllowedNetworks {
-		if _, err := ParseNetwork(n); err != nil {
-			add(fmt.Sprintf("listen.allowed_networks[%d]", i), "%q is not a CIDR or IP address — e.g. 10.0.0.0/8 or 192.0.2.7", n)
+		if _, err := ParseNetwork(n); err != nil && !isAttached(n) {
+			add(fmt.Sprintf("listen.allowed_networks[%d]", i), "%q is not a CIDR, an IP address or attached — e.g. 10.0.0.0/8, 192.0.2.7, attached (this machine's networks)", n)
 		}
 	}
 	if c.Listen.MaxMessageBytes <= 0 {

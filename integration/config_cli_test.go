@@ -166,3 +166,13 @@ accounts:
 		}
 	}
 }
+
+func TestCLI_CheckConfigShowsWhatAttachedIs(t *testing.T) {
+	stdout, stderr, code := cli(t, t.TempDir(), append([]string{"OAUTHRELAY_LISTEN_ALLOWED_NETWORKS=attached,10.9.0.0/16"}, cliAccountEnv...), "check-config")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	if !strings.Contains(stdout, "# listen.allowed_networks: attached = 127.0.0.0/8, ::1/128") || !strings.Contains(stdout, "- 10.9.0.0/16") {
+		t.Errorf("check-config does not show what attached resolved to:\n%s", stdout)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/oauthrelay/oauthrelay/configs"
@@ -136,6 +137,9 @@ means serve would start with it.`,
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "# configuration OK: %s\n", loaded.Source())
+			if loaded.Attached != nil {
+				fmt.Fprintf(w, "# listen.allowed_networks: attached = %s\n", strings.Join(loaded.Attached, ", "))
+			}
 			_, err = w.Write(out)
 			return err
 		},

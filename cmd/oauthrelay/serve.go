@@ -40,6 +40,9 @@ systemctl restart oauthrelay — nothing queued is lost by a restart.`,
 			} else {
 				log.Info("configuration", "file", loaded.File)
 			}
+			if loaded.Attached != nil {
+				log.Info("listen.allowed_networks: attached resolved", "networks", strings.Join(loaded.Attached, ", "))
+			}
 			r, err := relay.New(c, log, relay.Hooks{Version: version})
 			if err != nil {
 				return err
