@@ -10,8 +10,9 @@
 // them are reported at once. A string key takes the text as typed, never
 // what YAML would make of it (0x1234 stays "0x1234").
 //
-// configs is a leaf: it never reaches the network and imports no other
-// package of this module.
+// configs is a leaf: it imports no other package of this module and never
+// reaches the network (it only lists this machine's interface addresses,
+// for the "attached" network keyword).
 package configs
 
 import "time"

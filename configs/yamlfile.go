@@ -102,11 +102,15 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, prefix, hint string) {
 	}
 	seen := map[string]int{} // key → line
 	for _, p := range d.pairs(n, prefix) {
-		if p.key.Kind != yaml.ScalarNode {
-			d.fail(fmt.Sprintf("%s(line %d)", prefix, p.key.Line), "", "a key must be a plain name such as addr")
+		typed := p.key.Value
+		if p.key.Kind != yaml.ScalarNode || typed == "" {
+			where := fmt.Sprintf("line %d", p.key.Line)
+			if prefix != "" {
+				where = strings.TrimSuffix(prefix, ".") + " " + where
+			}
+			d.fail(where, "", "a key must be a plain name such as addr — remove this one")
 			continue
 		}
-		typed := p.key.Value
 		i, ok := byName[strings.ToLower(typed)]
 		if !ok {
 			if !p.merged {
