@@ -13,15 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
-// This file is the only one that touches the disk.
+// The store's files (store*.go) are the only ones that touch the disk;
+// this one holds the log's appends and a message's operations on it.
 //
 // Live messages are kept in an append-only log of segments (log/*.log).
 // Each record is one of: a new message (its meta and, when small, its body),
@@ -231,8 +229,6 @@ func (s *store) logBytes() int64 {
 	return n
 }
 
-// ---- records ----
-
 // encodeMeta encodes a meta for a record; a meta recovery would refuse is
 // an error here instead.
 func encodeMeta(m *Meta) ([]byte, error) {
@@ -241,8 +237,6 @@ func encodeMeta(m *Meta) ([]byte, error) {
 	}
 	return json.Marshal(m)
 }
-
-// ---- appending ----
 
 // appendLocked writes rec at the end of the current segment (a new one if
 // it is full or a write failed) and returns the segment and offset. The
@@ -264,7 +258,7 @@ func (s *store) appendLocked(rec []byte, newMail bool) (*segment, int64, error) 
 			return g, off, nil
 		}
 		if !isNoSpace(err) {
-			return nil, 0, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+			return nil, 0, diskErr(err)
 		}
 		released := s.diskFullLocked(err)
 		if released {
@@ -315,100 +309,6 @@ func (s *store) writeLocked(rec []byte) (*segment, int64, error) {
 	}
 	g.size += int64(len(rec))
 	return g, off, nil
-}
-
-// ErrDiskFull: the spool's disk is full. New mail is refused with 452 4.3.1
-// until there is room again; queued mail is still delivered.
-var ErrDiskFull = fmt.Errorf("%w: the spool's disk is full", ErrDiskTrouble)
-
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
-
-// diskFullLocked enters the disk-full state (logging it once) and releases
-// spool/reserve; it reports whether that freed space now. Caller holds s.mu.
-func (s *store) diskFullLocked(cause error) bool {
-	if !s.full.Swap(true) {
-		s.fullSince = time.Now()
-		s.log.Error("queue: the spool's disk is full: new mail is refused with 452 4.3.1 until there is room; queued mail is still delivered", "dir", s.dir, "error", cause.Error())
-	}
-	err := os.Remove(filepath.Join(s.dir, "reserve"))
-	if err == nil {
-		s.log.Warn("queue: released spool/reserve so deliveries can record their progress", "bytes", s.reserve)
-		return true
-	}
-	return false
-}
-
-// DiskFull reports since when the spool's disk has been full.
-func (s *store) diskFull() (time.Time, bool) {
-	if !s.full.Load() {
-		return time.Time{}, false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.fullSince, true
-}
-
-// layReserve makes sure spool/reserve holds s.reserve bytes of allocated
-// space. While the disk is full it succeeds only with as much room again to
-// spare, and then leaves the disk-full state.
-func (s *store) layReserve() error {
-	if s.reserve <= 0 {
-		if s.full.Load() {
-			if free, err := freeSpace(s.dir); err != nil || free < 2*defaultReserve {
-				return fmt.Errorf("%w: %d bytes free", ErrDiskFull, free)
-			}
-			s.leaveFull()
-		}
-		return nil
-	}
-	p := filepath.Join(s.dir, "reserve")
-	if info, err := os.Stat(p); err == nil && info.Size() >= s.reserve && !s.full.Load() {
-		return nil
-	}
-	if s.full.Load() {
-		if free, err := freeSpace(s.dir); err != nil || free < 2*s.reserve {
-			return fmt.Errorf("%w: %d bytes free", ErrDiskFull, free)
-		}
-	}
-	tmp := filepath.Join(s.dir, dirTmp, "reserve")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err == nil {
-		err = preallocate(f, s.reserve)
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		if isNoSpace(err) {
-			s.mu.Lock()
-			s.diskFullLocked(err)
-			s.mu.Unlock()
-			return fmt.Errorf("%w: %v", ErrDiskFull, err)
-		}
-		return fmt.Errorf("%w: spool/reserve: %v", ErrDiskTrouble, err)
-	}
-	if s.full.Load() {
-		s.leaveFull()
-	}
-	return nil
-}
-
-func (s *store) leaveFull() {
-	s.mu.Lock()
-	since := s.fullSince
-	s.mu.Unlock()
-	if s.full.Swap(false) {
-		s.log.Info("queue: the spool's disk has room again; accepting new mail", "dir", s.dir, "was_full_for", time.Since(since).Round(time.Second).String())
-	}
 }
 
 // rotateLocked makes the current segment durable and starts a new one.
@@ -490,7 +390,7 @@ func (s *store) commit(g *segment) error {
 	}
 	s.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	return nil
 }
@@ -547,8 +447,6 @@ func (s *store) dropLocLocked(id string) {
 		release(l.bodySeg, l.bodyLen)
 	}
 }
-
-// ---- operations ----
 
 // enqueue stores a new message durably and returns only then; the caller
 // may acknowledge after that and not before. A body up to inlineMax is read
@@ -619,7 +517,7 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 	tmp := s.path(dirTmp, id, ".eml")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, diskErr(err)
 	}
 	w, _ := s.fileBufs.Get().(*bufio.Writer)
 	if w == nil {
@@ -638,21 +536,21 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 		if isReadErr(err) {
 			return nil, err // the client's side failed, not the disk
 		}
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, diskErr(err)
 	}
 	s.hook(StepBodyWritten)
 	body := s.path(dirMsg, id, ".eml")
 	if err := syncClose(f); err != nil {
 		os.Remove(tmp)
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, diskErr(err)
 	}
 	if err := os.Rename(tmp, body); err != nil {
 		os.Remove(tmp)
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, diskErr(err)
 	}
 	if err := s.msgDir.sync(); err != nil {
 		os.Remove(body)
-		return nil, fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return nil, diskErr(err)
 	}
 	s.hook(StepBodyStored)
 	m := meta(n)
@@ -746,7 +644,7 @@ func (s *store) moveToFailed(m *Meta) error {
 	if l != nil && l.inline {
 		r, err := s.openBody(m.ID)
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+			return diskErr(err)
 		}
 		err = s.writeFile(fbody, r)
 		r.Close()
@@ -754,7 +652,7 @@ func (s *store) moveToFailed(m *Meta) error {
 			return err
 		}
 	} else if err := os.Link(s.path(dirMsg, m.ID, ".eml"), fbody); err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -765,7 +663,7 @@ func (s *store) moveToFailed(m *Meta) error {
 		return err
 	}
 	if err := s.failedDir.sync(); err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	return s.removeLive(m.ID)
 }
@@ -776,7 +674,7 @@ func (s *store) writeFile(path string, r io.Reader) error {
 	tmp := filepath.Join(s.dir, dirTmp, filepath.Base(filepath.Dir(path))+"-"+filepath.Base(path))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	_, err = io.Copy(f, r)
 	if err == nil {
@@ -790,7 +688,7 @@ func (s *store) writeFile(path string, r io.Reader) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	return nil
 }
@@ -802,11 +700,11 @@ func (s *store) writeFile(path string, r io.Reader) error {
 func (s *store) requeue(oldID string, m *Meta) error {
 	body := s.path(dirMsg, m.ID, ".eml")
 	if err := os.Link(s.path(dirFailed, oldID, ".eml"), body); err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	if err := s.msgDir.sync(); err != nil {
 		os.Remove(body)
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	if err := s.commitMeta(m); err != nil {
 		return err
@@ -819,7 +717,7 @@ func (s *store) removeFailed(id string) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
+		return diskErr(err)
 	}
 	os.Remove(s.path(dirFailed, id, ".eml"))
 	return s.failedDir.sync()
@@ -852,726 +750,4 @@ func (s *store) openBody(id string) (io.ReadCloser, error) {
 // openFailedBody opens a failed message's body for reading.
 func (s *store) openFailedBody(id string) (*os.File, error) {
 	return os.Open(s.path(dirFailed, id, ".eml"))
-}
-
-func parseMeta(b []byte) (*Meta, error) {
-	var m Meta
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, err
-	}
-	if err := m.validate(); err != nil {
-		return nil, err
-	}
-	return &m, nil
-}
-
-func (s *store) readMeta(path string) (*Meta, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	m, err := parseMeta(b)
-	if err != nil {
-		return nil, err
-	}
-	if id := strings.TrimSuffix(filepath.Base(path), ".json"); id != m.ID {
-		return nil, fmt.Errorf("file name %s does not match id %s", id, m.ID)
-	}
-	return m, nil
-}
-
-// quarantine moves a failed/ (or legacy meta/) message's files to corrupt/,
-// never deleting.
-func (s *store) quarantine(sub, id string, why error) {
-	for _, ext := range []string{".json", ".eml"} {
-		from := s.path(sub, id, ext)
-		if sub == legacyMeta && ext == ".eml" {
-			from = s.path(dirMsg, id, ".eml")
-		}
-		if _, err := os.Stat(from); err == nil {
-			os.Rename(from, s.path(dirCorrupt, id, ext))
-		}
-	}
-	s.log.Error("queue: unreadable message quarantined in corrupt/", "id", id, "from", sub, "error", why.Error())
-}
-
-// ---- recovery ----
-
-// scanned is what the log says about one live message.
-type scanned struct {
-	meta *Meta
-	loc  loc
-}
-
-// scanSegment reads the segment at path and applies its intact records,
-// in order, to live. buf is reused between segments. A record whose
-// checksum holds but whose meta cannot be read is handed to bad.
-func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte, bad func(off int64, raw []byte, why error)) (*segScan, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if int64(cap(*buf)) < info.Size() {
-		*buf = make([]byte, info.Size())
-	}
-	data := (*buf)[:info.Size()]
-	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, err
-	}
-	return applyRecords(data, seq, live, bad)
-}
-
-// applyRecords reads a segment's bytes (scanRecords) and applies its intact
-// records, in order, to live. No I/O: FuzzRecover calls it directly.
-func applyRecords(data []byte, seq uint64, live map[string]*scanned, bad func(off int64, raw []byte, why error)) (*segScan, error) {
-	sc, err := scanRecords(data)
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range sc.records {
-		off, size := int64(r.off), int64(r.size)
-		switch r.typ {
-		case recNew, recMeta:
-			mb, body := r.payload, []byte(nil)
-			if r.typ == recNew {
-				var ok bool
-				if mb, body, ok = splitNew(r.payload); !ok {
-					bad(off, data[r.off:r.off+r.size], errors.New("bad meta length"))
-					continue
-				}
-			}
-			m, err := parseMeta(mb)
-			if err != nil {
-				bad(off, data[r.off:r.off+r.size], err)
-				continue
-			}
-			var prev *loc
-			if old := live[m.ID]; old != nil {
-				prev = &old.loc
-			}
-			live[m.ID] = &scanned{meta: m, loc: *newLoc(seq, off, size, r.typ, int64(len(body)), prev)}
-		case recDone:
-			delete(live, string(r.payload))
-		}
-	}
-	return sc, nil
-}
-
-// segments lists log/ in order.
-func (s *store) segments() ([]uint64, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, dirLog))
-	if err != nil {
-		return nil, err
-	}
-	var seqs []uint64
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".log")
-		seq, err := strconv.ParseUint(name, 16, 64)
-		if !ok || err != nil || len(name) != 16 {
-			continue
-		}
-		seqs = append(seqs, seq)
-	}
-	slices.Sort(seqs)
-	return seqs, nil
-}
-
-// recoverSpool brings the spool to a consistent state after any stop, clean
-// or not, opens a new log segment, and returns the live and failed messages.
-func (s *store) recoverSpool() (live, failed []*Meta, err error) {
-	// tmp/ holds only writes that never committed.
-	tmps, _ := os.ReadDir(filepath.Join(s.dir, dirTmp))
-	for _, e := range tmps {
-		os.Remove(filepath.Join(s.dir, dirTmp, e.Name()))
-	}
-
-	failedByID := map[string]*Meta{}
-	fentries, err := os.ReadDir(filepath.Join(s.dir, dirFailed))
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, e := range fentries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok {
-			continue
-		}
-		m, err := s.readMeta(filepath.Join(s.dir, dirFailed, e.Name()))
-		if err != nil {
-			s.quarantine(dirFailed, id, err)
-			continue
-		}
-		failedByID[id] = m
-	}
-
-	seqs, err := s.segments()
-	if err != nil {
-		return nil, nil, err
-	}
-	byID := map[string]*scanned{}
-	formats := map[uint64]segFormat{}
-	var buf []byte
-	for i, seq := range seqs {
-		path := s.segPath(seq)
-		last := i == len(seqs)-1
-		sc, err := scanSegment(path, seq, byID, &buf, func(off int64, raw []byte, why error) {
-			q := filepath.Join(s.dir, dirCorrupt, fmt.Sprintf("log-%016x-%d.record", seq, off))
-			os.WriteFile(q, raw, 0o600)
-			s.log.Error("queue: unreadable log record quarantined in corrupt/", "file", q, "error", why.Error())
-		})
-		if errors.Is(err, errNoSegmentHeader) && last {
-			// A crash while the segment was being started.
-			s.log.Warn("queue: removed an empty log segment left by a crash", "segment", path)
-			os.Remove(path)
-			continue
-		}
-		if err != nil {
-			s.copyToCorrupt(path)
-			s.log.Error("queue: unreadable log segment; a copy is in corrupt/", "segment", path, "error", err.Error())
-			continue
-		}
-		formats[seq] = sc.format
-		if len(sc.damage) > 0 || sc.tail != nil && (!sc.torn || !last) {
-			// Damage, not an interrupted append: keep a copy for
-			// inspection; every intact record around it was read.
-			q := s.copyToCorrupt(path)
-			var where []string
-			for _, d := range sc.damage {
-				where = append(where, fmt.Sprintf("%s (%d bytes)", d.why, d.to-d.from))
-			}
-			if sc.tail != nil {
-				where = append(where, fmt.Sprintf("%s (%d bytes to the end)", sc.tail.why, sc.tail.to-sc.tail.from))
-			}
-			s.log.Error("queue: damaged log segment; every intact record in it was recovered, a copy is in corrupt/", "segment", path, "copy", q, "damage", strings.Join(where, "; "), "records_read", len(sc.records))
-		}
-		if sc.tail != nil && last {
-			// The tail of the last segment: writes no fdatasync covered
-			// (or damaged past use). Cut it off.
-			if err := os.Truncate(path, int64(sc.tail.from)); err != nil {
-				return nil, nil, err
-			}
-			if sc.torn {
-				s.log.Warn("queue: cut an unacknowledged partial record off the log", "segment", path, "at", sc.tail.from, "reason", sc.tail.why)
-			}
-		}
-	}
-
-	// Open the segments (read-write, for appends to the new last one).
-	for _, seq := range seqs {
-		f, err := os.OpenFile(s.segPath(seq), os.O_RDWR, 0)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // removed above
-			}
-			return nil, nil, err
-		}
-		info, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return nil, nil, err
-		}
-		s.segs = append(s.segs, &segment{seq: seq, f: f, size: info.Size(), format: formats[seq]})
-	}
-	if len(s.segs) > 0 {
-		s.cur = s.segs[len(s.segs)-1]
-	}
-	s.mu.Lock()
-	err = s.rotateLocked() // every run appends to a fresh segment
-	if err != nil && isNoSpace(err) {
-		// A full disk: give back the reserve and try again; failing that,
-		// appends go on in the last segment (its tail is clean now).
-		s.diskFullLocked(err)
-		if err = s.rotateLocked(); err != nil && s.cur != nil && isNoSpace(err) && !s.cur.format.v1 {
-			err = nil
-		}
-	}
-	s.mu.Unlock()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := s.importLegacy(byID); err != nil {
-		return nil, nil, err
-	}
-
-	var fixes []string // removals to record
-	for id, sc := range byID {
-		m := sc.meta
-		if _, done := failedByID[id]; done {
-			// Crashed in moveToFailed after failed/<id>.json was written.
-			fixes = append(fixes, id)
-			continue
-		}
-		if !sc.loc.inline {
-			if _, err := os.Stat(s.path(dirMsg, id, ".eml")); err != nil {
-				b, _ := json.MarshalIndent(m, "", "  ")
-				os.WriteFile(s.path(dirCorrupt, id, ".json"), b, 0o600)
-				s.log.Error("queue: message without its body quarantined in corrupt/", "id", id, "error", err.Error())
-				fixes = append(fixes, id)
-				continue
-			}
-		}
-		if m.RequeuedFrom != "" {
-			if _, stale := failedByID[m.RequeuedFrom]; stale {
-				s.removeFailed(m.RequeuedFrom) // crashed in requeue after the commit
-				delete(failedByID, m.RequeuedFrom)
-			}
-		}
-		s.mu.Lock()
-		l := sc.loc
-		s.setLocLocked(id, &l)
-		s.mu.Unlock()
-		live = append(live, m)
-	}
-	for _, id := range fixes {
-		delete(byID, id)
-		if err := s.removeLive(id); err != nil {
-			return nil, nil, err
-		}
-	}
-
-	// msg/ bodies no live message names never committed (or were being
-	// removed): orphans.
-	bodies, _ := os.ReadDir(filepath.Join(s.dir, dirMsg))
-	for _, e := range bodies {
-		id, _ := strings.CutSuffix(e.Name(), ".eml")
-		if sc := byID[id]; sc == nil || sc.loc.inline {
-			os.Remove(filepath.Join(s.dir, dirMsg, e.Name()))
-		}
-	}
-	// A failed body without its json: crashed in moveToFailed before the
-	// json; the live copy is still there.
-	for _, e := range fentries {
-		id, ok := strings.CutSuffix(e.Name(), ".eml")
-		if ok && failedByID[id] == nil {
-			os.Remove(filepath.Join(s.dir, dirFailed, e.Name()))
-		}
-	}
-	for _, m := range failedByID {
-		failed = append(failed, m)
-	}
-	s.collect()
-	if err := s.layReserve(); err != nil && !errors.Is(err, ErrDiskFull) {
-		s.log.Warn("queue: could not lay down spool/reserve (kept free for deliveries when the disk fills)", "error", err.Error())
-	}
-	go s.maintain()
-	return live, failed, nil
-}
-
-// copyToCorrupt keeps a copy of a damaged segment in corrupt/ and returns
-// its path.
-func (s *store) copyToCorrupt(path string) string {
-	q := filepath.Join(s.dir, dirCorrupt, filepath.Base(path))
-	if b, err := os.ReadFile(path); err == nil {
-		if err := os.WriteFile(q, b, 0o600); err != nil {
-			s.log.Error("queue: could not copy a damaged log segment to corrupt/; the segment itself is kept", "segment", path, "error", err.Error())
-		}
-	}
-	return q
-}
-
-// importLegacy converts a spool of the earlier layout (meta/<id>.json
-// beside msg/<id>.eml, spare/) into log records, then removes meta/ and
-// spare/. A meta that cannot be read goes to corrupt/ with its body.
-func (s *store) importLegacy(byID map[string]*scanned) error {
-	os.RemoveAll(filepath.Join(s.dir, legacySpare))
-	mdir := filepath.Join(s.dir, legacyMeta)
-	entries, err := os.ReadDir(mdir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var imported []string
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || byID[id] != nil {
-			continue
-		}
-		m, err := s.readMeta(filepath.Join(mdir, e.Name()))
-		if err == nil {
-			_, err = os.Stat(s.path(dirMsg, id, ".eml"))
-		}
-		if err != nil {
-			s.quarantine(legacyMeta, id, err)
-			continue
-		}
-		mb, _ := encodeMeta(m)
-		rec := encodeRecord(recMeta, mb)
-		s.mu.Lock()
-		g, off, err := s.appendLocked(rec, false)
-		s.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		byID[id] = &scanned{meta: m, loc: *newLoc(g.seq, off, int64(len(rec)), recMeta, 0, nil)}
-		imported = append(imported, id)
-	}
-	if err := s.logSync.sync(); err != nil {
-		return err
-	}
-	for _, id := range imported {
-		os.Remove(filepath.Join(mdir, id+".json"))
-	}
-	if err := os.Remove(mdir); err != nil {
-		return fmt.Errorf("legacy meta/ not empty after import: %w", err)
-	}
-	if len(imported) > 0 {
-		s.log.Info("queue: converted the spool to the log layout", "messages", len(imported))
-	}
-	return nil
-}
-
-// ---- maintenance: deleting and compacting segments ----
-
-func (s *store) kickMaintenance() {
-	select {
-	case s.maint <- struct{}{}:
-	default:
-	}
-}
-
-func (s *store) maintain() {
-	defer close(s.maintDone)
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-tick.C:
-			if s.full.Load() {
-				s.layReserve() // leaves the disk-full state when there is room
-			}
-		case <-s.maint:
-			s.collect()
-			for s.compactOldest() {
-				s.collect()
-			}
-		}
-	}
-}
-
-// collect deletes the oldest closed segments while nothing live is in them.
-// References move when a record is appended, before it is durable, so it
-// first waits for an fdatasync: the records that moved them away (a newer
-// state, a copy made by compaction) must be durable before the old ones go.
-func (s *store) collect() {
-	s.mu.Lock()
-	idle := len(s.segs) > 1 && s.segs[0].refs == 0
-	s.mu.Unlock()
-	if !idle || s.logSync.sync() != nil {
-		return
-	}
-	s.mu.Lock()
-	var gone []*segment
-	for len(s.segs) > 1 && s.segs[0].refs == 0 {
-		gone = append(gone, s.segs[0])
-		s.segs = s.segs[1:]
-	}
-	s.mu.Unlock()
-	if len(gone) == 0 {
-		return
-	}
-	for _, g := range gone {
-		g.f.Close()
-		os.Remove(s.segPath(g.seq))
-	}
-	// Deletions are durable in order, so a later segment (holding removal
-	// records) is never gone while an earlier one it cancels is back.
-	s.logDir.sync()
-}
-
-// compactOldest copies the live messages of the oldest closed segment
-// forward when more than half of all closed segments is garbage, so the
-// segment (and the garbage after it) can be deleted. It reports whether it
-// moved anything.
-func (s *store) compactOldest() bool {
-	s.mu.Lock()
-	if len(s.segs) < 3 {
-		s.mu.Unlock()
-		return false
-	}
-	var size, live int64
-	for _, g := range s.segs[:len(s.segs)-1] {
-		size += g.size
-		live += g.live
-	}
-	old := s.segs[0]
-	if live*2 > size || old.refs == 0 {
-		s.mu.Unlock()
-		return false
-	}
-	var ids []string
-	for id, l := range s.locs {
-		if l.metaSeg == old.seq || l.inline && l.bodySeg == old.seq {
-			ids = append(ids, id)
-		}
-	}
-	s.mu.Unlock()
-	moved := 0
-	for _, id := range ids {
-		select {
-		case <-s.closed:
-			return false
-		default:
-		}
-		if err := s.relocate(id, old.seq); err != nil {
-			s.log.Error("queue: log compaction failed; will try again later", "id", id, "error", err.Error())
-			return false
-		}
-		moved++
-	}
-	if err := s.logSync.sync(); err != nil {
-		s.log.Error("queue: log compaction failed; will try again later", "error", err.Error())
-		return false
-	}
-	s.log.Debug("queue: compacted a log segment", "segment", old.seq, "moved", moved)
-	return moved > 0
-}
-
-// relocate rewrites id's latest state (and inline body) at the end of the
-// log. It holds s.mu throughout, so no update of id can slip in between.
-func (s *store) relocate(id string, seq uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.locs[id]
-	if l == nil || (l.metaSeg != seq && !(l.inline && l.bodySeg == seq)) {
-		return nil // gone or already moved
-	}
-	mg, bg := s.segment(l.metaSeg), s.segment(l.bodySeg)
-	hl := int64(mg.format.hdrLen)
-	hdr := make([]byte, hl)
-	if _, err := mg.f.ReadAt(hdr, l.metaOff); err != nil {
-		return err
-	}
-	payload := make([]byte, l.metaSize-hl)
-	if _, err := mg.f.ReadAt(payload, l.metaOff+hl); err != nil {
-		return err
-	}
-	mb := payload
-	if mg.format.typeAt(hdr) == recNew {
-		mb, _, _ = splitNew(payload) // checked when written or scanned
-	}
-	typ, rec := byte(recMeta), []byte(nil)
-	if l.inline {
-		body := make([]byte, l.bodyLen)
-		if _, err := bg.f.ReadAt(body, l.bodyOff); err != nil {
-			return err
-		}
-		typ, rec = recNew, newRecord(mb, body)
-	} else {
-		rec = encodeRecord(recMeta, mb)
-	}
-	g, off, err := s.appendLocked(rec, false)
-	if err != nil {
-		return err
-	}
-	s.setLocLocked(id, newLoc(g.seq, off, int64(len(rec)), typ, l.bodyLen, nil))
-	return nil
-}
-
-// checkWritable writes, syncs and removes a probe file in tmp/.
-func (s *store) checkWritable() error {
-	if since, full := s.diskFull(); full {
-		return fmt.Errorf("%w since %s: new mail is refused with 452 4.3.1 until there is room; queued mail is still delivered", ErrDiskFull, since.UTC().Format(time.RFC3339))
-	}
-	p := s.path(dirTmp, "readyz-probe", ".tmp")
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
-	}
-	_, err = f.Write([]byte("ok"))
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	os.Remove(p)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDiskTrouble, err)
-	}
-	return nil
-}
-
-// ---- helpers ----
-
-// readErr marks errors that came from the reader, not the disk.
-type readErr struct{ err error }
-
-func (e readErr) Error() string { return e.err.Error() }
-func (e readErr) Unwrap() error { return e.err }
-
-// errReader wraps a reader so its errors can be told from write errors.
-type errReader struct{ r io.Reader }
-
-func (e errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = readErr{err}
-	}
-	return n, err
-}
-
-func isReadErr(err error) bool {
-	var re readErr
-	return errors.As(err, &re)
-}
-
-func syncClose(f *os.File) error {
-	err := f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncer shares fsyncs between concurrent callers (group commit): one runs
-// at a time, and a caller returns only after one that started after its
-// call has finished, so its own write is covered.
-type syncer struct {
-	do func() error
-
-	mu         sync.Mutex
-	cond       *sync.Cond
-	started    uint64
-	completed  uint64
-	running    bool
-	lastErr    error
-	lastErrGen uint64
-}
-
-func newDirSyncer(dir string) *syncer {
-	d := &syncer{do: func() error { return syncDir(dir) }}
-	d.cond = sync.NewCond(&d.mu)
-	return d
-}
-
-func (d *syncer) sync() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	target := d.started + 1 // a running fsync may have started before our write
-	for d.completed < target {
-		if d.running {
-			d.cond.Wait()
-			continue
-		}
-		d.running = true
-		d.started++
-		gen := d.started
-		d.mu.Unlock()
-		err := d.do()
-		d.mu.Lock()
-		d.running = false
-		d.completed = gen
-		if err != nil {
-			d.lastErr, d.lastErrGen = err, gen
-		}
-		d.cond.Broadcast()
-	}
-	if d.lastErr != nil && d.lastErrGen >= target {
-		return d.lastErr
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// ---- offline inspection ----
-
-// Inspect reads a spool without changing it (the relay may be running or
-// stopped) and returns its live messages' latest state and its failed
-// messages, oldest first. A torn tail is skipped, not cut.
-func Inspect(dir string) (live, failed []*Meta, err error) {
-	byID, err := inspectLog(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, sc := range byID {
-		live = append(live, sc.meta)
-	}
-	s := &store{dir: dir}
-	entries, err := os.ReadDir(filepath.Join(dir, dirFailed))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
-	}
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".json") {
-			if m, err := s.readMeta(filepath.Join(dir, dirFailed, e.Name())); err == nil {
-				failed = append(failed, m)
-			}
-		}
-	}
-	byArrival := func(a, b *Meta) int {
-		if c := a.Arrived.Compare(b.Arrived); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	}
-	slices.SortFunc(live, byArrival)
-	slices.SortFunc(failed, byArrival)
-	return live, failed, nil
-}
-
-// InspectBody opens the body of message id (live or failed) in a spool,
-// read-only.
-func InspectBody(dir, id string) (io.ReadCloser, error) {
-	if !validID(id) {
-		return nil, fmt.Errorf("%q is not a message ID", id)
-	}
-	byID, err := inspectLog(dir)
-	if err != nil {
-		return nil, err
-	}
-	if sc := byID[id]; sc != nil {
-		s := &store{dir: dir, locs: map[string]*loc{id: &sc.loc}}
-		return s.openBody(id)
-	}
-	f, err := (&store{dir: dir}).openFailedBody(id)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	return f, err
-}
-
-func inspectLog(dir string) (map[string]*scanned, error) {
-	if _, err := os.Stat(filepath.Join(dir, dirLog)); err != nil {
-		return nil, fmt.Errorf("%s is not a spool (no log/): %w", dir, err)
-	}
-	s := &store{dir: dir}
-	seqs, err := s.segments()
-	if err != nil {
-		return nil, err
-	}
-	byID := map[string]*scanned{}
-	var buf []byte
-	for _, seq := range seqs {
-		scanSegment(s.segPath(seq), seq, byID, &buf, func(int64, []byte, error) {})
-	}
-	return byID, nil
-}
-
-func writeZeros(f *os.File, n int64) error {
-	zero := make([]byte, 64<<10)
-	for n > 0 {
-		k := min(n, int64(len(zero)))
-		if _, err := f.Write(zero[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }
