@@ -130,7 +130,7 @@ func TestE2E_NeverMoreSessionsThanConnections(t *testing.T) {
 func TestE2E_PanicInDeliveryIsDeferred(t *testing.T) {
 	t.Parallel()
 	var once sync.Once
-	h := newHarness(t, nil, relay.Hooks{Delivery: relay.DeliveryEvents{ConnOpened: func(string) {
+	h := newHarness(t, nil, relay.Hooks{Upstream: relay.UpstreamEvents{ConnOpened: func(string) {
 		once.Do(func() { panic(fmt.Sprintf("boom %d", 42)) })
 	}}})
 	h.connect()

@@ -42,6 +42,10 @@ type Result struct {
 	PauseAccount string
 	// RetryAfter asks that the next attempt come no sooner (throttling).
 	RetryAfter time.Duration
+	// Concurrency, when not 0, changes how many deliveries of the account
+	// run at once from now on: n > 0 at most n (Microsoft throttles), -1
+	// back to Options.AccountConcurrency.
+	Concurrency int
 	// Unreachable, when set, says the upstream could not be reached at all
 	// (connection refused, DNS, TLS handshake, timeout, 421 at the
 	// greeting): an outage of the upstream, not this message's failure.
@@ -570,6 +574,9 @@ func (q *Queue) attempt(it *item, pausedReason string) (time.Time, bool) {
 	}
 	res := q.deliver(d)
 	now = q.now()
+	if res.Concurrency != 0 {
+		q.SetAccountConcurrency(m.Account, max(res.Concurrency, 0))
+	}
 	m = m.clone() // it.meta is shared with readers: never change it in place
 
 	if res.PauseAccount != "" || res.Unreachable != "" {

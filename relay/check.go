@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -26,7 +24,7 @@ type (
 // with XOAUTH2 and QUITs. It changes no state: the account's mail is
 // neither paused nor resumed by it (Retry does that). signedInAs is who
 // connected the account, for explaining a 535 5.7.3.
-func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckResult {
+func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckResult {
 	u, ok := d.accounts[account]
 	res := CheckResult{Account: account}
 	if !ok {
@@ -43,7 +41,7 @@ func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckR
 		return res
 	}
 
-	tok, err := d.tokens.Token(ctx, account)
+	g, err := d.tokens.Grants(ctx, account)
 	if err != nil {
 		s := CheckStep{Step: "token", Detail: "could not get an access token: " + err.Error()}
 		var ae *tokens.AccountError
@@ -59,8 +57,8 @@ func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckR
 		add(s)
 		return done()
 	}
-	add(CheckStep{Step: "token", OK: true, Detail: "got an access token (" + tokens.Fingerprint(tok.AccessToken) + ", expires " + tok.Expiry.UTC().Format("2006-01-02 15:04 MST") + ")"})
-	add(permissions(tok.AccessToken, u.Mailbox))
+	add(CheckStep{Step: "token", OK: true, Detail: "got an access token (" + g.Fingerprint + ", expires " + g.Expiry.UTC().Format("2006-01-02 15:04 MST") + ")"})
+	add(permissions(g, u.Mailbox))
 
 	if err := d.acquire(ctx, u); err != nil {
 		add(CheckStep{Step: "connect", Detail: "interrupted while waiting for a free upstream session: " + err.Error()})
@@ -82,7 +80,10 @@ func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckR
 	}
 	add(CheckStep{Step: "connect", OK: true, Detail: "connected to " + d.cfg.Addr + " (" + tlsNote + ")"})
 
-	err = c.Auth(&tokens.XOAuth2{User: u.Mailbox, Token: tok.AccessToken})
+	cred, err := d.tokens.Auth(ctx, account)
+	if err == nil {
+		err = c.Auth(cred.SASL)
+	}
 	if err != nil {
 		c.Close()
 		s := CheckStep{Step: "login", Detail: "signing in as " + u.Mailbox + " failed: " + err.Error()}
@@ -102,56 +103,32 @@ func (d *Delivery) Check(ctx context.Context, account, signedInAs string) CheckR
 	return done()
 }
 
-// permissions reads the scopes (delegated: scp) or app roles (roles) from
-// an access token that is a JWT. The token came from the token endpoint
-// over TLS; its signature is Microsoft's business, this is only a reading.
-func permissions(accessToken, mailbox string) CheckStep {
+// permissions says what the token allows and whether that is enough.
+func permissions(g tokens.Grants, mailbox string) CheckStep {
 	s := CheckStep{Step: "permissions", OK: true}
-	parts := strings.Split(accessToken, ".")
-	var claims struct {
-		Scp   string   `json:"scp"`
-		Roles []string `json:"roles"`
-		UPN   string   `json:"upn"`
-		Pref  string   `json:"preferred_username"`
-		Aud   string   `json:"aud"`
-	}
-	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(partOr(parts, 1), "="))
-	if len(parts) != 3 || err != nil || json.Unmarshal(b, &claims) != nil {
+	switch {
+	case g.Opaque:
 		s.Detail = "the access token is opaque (not a JWT), so its permissions cannot be read here; the login step shows whether it works"
 		return s
-	}
-	scopes := strings.Fields(claims.Scp)
-	switch {
-	case len(claims.Roles) > 0:
-		s.Detail = "app permissions (roles): " + strings.Join(claims.Roles, ", ")
-		if !slices.Contains(claims.Roles, "SMTP.SendAsApp") {
+	case len(g.Roles) > 0:
+		s.Detail = "app permissions (roles): " + strings.Join(g.Roles, ", ")
+		if !slices.Contains(g.Roles, "SMTP.SendAsApp") {
 			s.OK = false
 			s.Fix = "add the Office 365 Exchange Online application permission SMTP.SendAsApp to the app registration and grant admin consent"
 		}
-	case len(scopes) > 0:
-		s.Detail = "delegated permissions (scp): " + strings.Join(scopes, " ")
-		if !slices.Contains(scopes, "SMTP.Send") {
+	case len(g.Scopes) > 0:
+		s.Detail = "delegated permissions (scp): " + strings.Join(g.Scopes, " ")
+		if !slices.Contains(g.Scopes, "SMTP.Send") {
 			s.OK = false
 			s.Fix = "add the delegated permission Office 365 Exchange Online → SMTP.Send to the app registration, grant consent, and connect again"
 		}
 	default:
 		s.Detail = "the access token names no permissions (no scp or roles claim)"
 	}
-	user := claims.UPN
-	if user == "" {
-		user = claims.Pref
-	}
-	if w := tokens.WrongUser(user, mailbox); w != "" {
+	if w := tokens.WrongUser(g.User, mailbox); w != "" {
 		s.Detail += "; " + w
 	}
 	return s
-}
-
-func partOr(p []string, i int) string {
-	if i < len(p) {
-		return p[i]
-	}
-	return ""
 }
 
 func connectFix(aerr *attemptError) string {

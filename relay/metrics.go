@@ -97,8 +97,8 @@ func (m *Metrics) listenerEvents(next ListenerEvents) ListenerEvents {
 	}
 }
 
-func (m *Metrics) deliveryEvents(next DeliveryEvents) DeliveryEvents {
-	return DeliveryEvents{
+func (m *Metrics) deliveryEvents(next UpstreamEvents) UpstreamEvents {
+	return UpstreamEvents{
 		ConnOpened: func(account string) {
 			m.connections.WithLabelValues(account).Inc()
 			if next.ConnOpened != nil {

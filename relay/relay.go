@@ -29,7 +29,7 @@ type Relay struct {
 	Log      *slog.Logger
 	Tokens   *tokens.Manager
 	Queue    *queue.Queue
-	Delivery *Delivery
+	Upstream *Upstream
 	Listener *Listener
 	// Admin is the admin HTTP handler: status page, API, Connect, metrics, health.
 	Admin   http.Handler
@@ -47,7 +47,7 @@ type Relay struct {
 // Hooks lets callers (metrics, the demo, tests) observe the relay. Any may be nil.
 type Hooks struct {
 	Listener ListenerEvents
-	Delivery DeliveryEvents
+	Upstream UpstreamEvents
 	// Tune adjusts component options before they are built (tests shorten timings).
 	TuneUpstream func(*UpstreamConfig)
 	TuneTokens   func(*tokens.Options)
@@ -107,7 +107,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	r := &Relay{Config: c, Log: log, Metrics: NewMetrics()}
 	var err error
 	hooks.Listener = r.Metrics.listenerEvents(hooks.Listener)
-	hooks.Delivery = r.Metrics.deliveryEvents(hooks.Delivery)
+	hooks.Upstream = r.Metrics.deliveryEvents(hooks.Upstream)
 	tuneTokens := hooks.TuneTokens
 	hooks.TuneTokens = func(o *tokens.Options) {
 		o.OnRefresh = func(account, result string) { r.Metrics.refreshes.WithLabelValues(account, result).Inc() }
@@ -176,12 +176,12 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		ups = append(ups, UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender})
 		routes = append(routes, Route{Account: a.Name, Patterns: a.Senders})
 	}
-	r.Delivery = NewDelivery(uc, ups, r.Tokens, nil, log, hooks.Delivery)
+	r.Upstream = NewUpstream(uc, ups, r.Tokens, log, hooks.Upstream)
 
 	bouncer := &Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: upstreamHost(c.Upstream.Addr), Mailbox: r.Tokens.Mailbox, Log: log,
 		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
-		Dir: c.Spool.Dir, Deliverer: r.Delivery, Bounce: bouncer.Bounce,
+		Dir: c.Spool.Dir, Deliverer: r.Upstream, Bounce: bouncer.Bounce,
 		Workers: c.Delivery.Workers, AccountConcurrency: c.Delivery.Connections,
 		Retry:           queue.RetryPolicy{Delays: c.Delivery.Retry, Jitter: c.Delivery.Jitter, MaxAge: c.Delivery.MaxAge},
 		FailedRetention: c.Spool.FailedRetention, Logger: log,
@@ -190,11 +190,10 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		hooks.TuneQueue(&qo)
 	}
 	if r.Queue, err = queue.Open(qo); err != nil {
-		r.Delivery.Close()
+		r.Upstream.Close()
 		return nil, err
 	}
 	bouncer.Queue = r.Queue
-	r.Delivery.conc = r.Queue
 	r.Metrics.reg.MustRegister(newStateCollector(r.Queue, r.Tokens))
 
 	// Token state drives the queue: an account that cannot sign in is
@@ -223,7 +222,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	if r.AdminToken == "" {
 		if r.AdminToken, err = tokens.LoadOrCreateAdminToken(tokens.AdminTokenPath(c.Keysafe.Path), log); err != nil {
 			r.Queue.Close(context.Background())
-			r.Delivery.Close()
+			r.Upstream.Close()
 			return nil, err
 		}
 	}
@@ -237,13 +236,13 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		Check: func(ctx context.Context, account string) admin.CheckResult {
 			ctx, cancel := context.WithTimeout(ctx, time.Minute) // within the admin server's write timeout
 			defer cancel()
-			return r.Delivery.Check(ctx, account, r.Tokens.State(account).ConsentedBy)
+			return r.Upstream.Check(ctx, account, r.Tokens.State(account).ConsentedBy)
 		},
 		Log: log,
 	})
 	if err != nil {
 		r.Queue.Close(context.Background())
-		r.Delivery.Close()
+		r.Upstream.Close()
 		return nil, fmt.Errorf("admin.token: %w", err)
 	}
 	r.Admin = adm
@@ -358,7 +357,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		r.unsubscribe()
 	}
 	r.Queue.Close(ctx)
-	r.Delivery.Close()
+	r.Upstream.Close()
 	if r.cancel != nil {
 		r.cancel()
 	}

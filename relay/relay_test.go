@@ -106,7 +106,7 @@ func TestBuildDSN_RFC3464Parts(t *testing.T) {
 }
 
 func TestDelivery_PacingNeverExceedsRatePerMinute(t *testing.T) {
-	d := NewDelivery(UpstreamConfig{RatePerMinute: 30, IdleTimeout: time.Minute}, []UpstreamAccount{{Name: "a"}}, nil, nil, nil, DeliveryEvents{})
+	d := NewUpstream(UpstreamConfig{RatePerMinute: 30, IdleTimeout: time.Minute}, []UpstreamAccount{{Name: "a"}}, nil, nil, UpstreamEvents{})
 	defer d.Close()
 	lim := d.accounts["a"].limiter
 	// Over any minute at most 30 + the burst may pass: Microsoft allows 30.

@@ -70,7 +70,7 @@ type Options struct {
 	ListenerUp func() error
 	// Explain says what an upstream reply means (relay.ExplainReply).
 	Explain func(r queue.Reply, account, sender string) string
-	// Check runs an account's pre-flight check (relay.Delivery.Check).
+	// Check runs an account's pre-flight check (relay.Upstream.Check).
 	Check func(ctx context.Context, account string) CheckResult
 	Log   *slog.Logger
 	// SessionLifetime defaults to 12 h.

@@ -21,9 +21,12 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// TokenSource gives access tokens for accounts (tokens.Manager).
+// TokenSource signs accounts in (tokens.Manager): the access token never
+// leaves it, only a ready SASL client does.
 type TokenSource interface {
-	Token(ctx context.Context, account string) (tokens.Token, error)
+	Auth(ctx context.Context, account string) (tokens.Credential, error)
+	// Grants reads what the account's token allows (the pre-flight check).
+	Grants(ctx context.Context, account string) (tokens.Grants, error)
 	Invalidate(account string)
 	// SMTPAuthRefused records Microsoft's refusal of a fresh token (535) as
 	// the account's state, which pauses its mail, and explains it.
@@ -60,8 +63,8 @@ type UpstreamAccount struct {
 	Rewrite string
 }
 
-// DeliveryEvents receives what delivery does, for metrics. Any field may be nil.
-type DeliveryEvents struct {
+// UpstreamEvents receives what delivery does, for metrics. Any field may be nil.
+type UpstreamEvents struct {
 	ConnOpened func(account string)
 	Reply      func(account string, code int, enhanced string)
 	Throttled  func(account string)
@@ -76,26 +79,20 @@ type DeliveryEvents struct {
 	Panicked func(account string)
 }
 
-// Concurrency lets delivery lower an account's parallelism when throttled
-// (queue.Queue.SetAccountConcurrency).
-type Concurrency interface {
-	SetAccountConcurrency(account string, n int)
-}
-
-// Delivery sends queued messages to Microsoft 365; it implements
-// queue.Deliverer.
-type Delivery struct {
+// Upstream is the relay's upstream side: it sends queued messages to
+// Microsoft 365 (it implements queue.Deliverer) over pooled, authenticated
+// SMTP sessions.
+type Upstream struct {
 	cfg      UpstreamConfig
 	tokens   TokenSource
 	log      *slog.Logger
-	events   DeliveryEvents
-	conc     Concurrency
-	accounts map[string]*upstream
+	events   UpstreamEvents
+	accounts map[string]*upAccount
 	done     chan struct{}
 	wg       sync.WaitGroup
 }
 
-type upstream struct {
+type upAccount struct {
 	UpstreamAccount
 	limiter *rate.Limiter
 	// sessions holds a token per upstream session open (in use, idle in
@@ -113,7 +110,7 @@ type upstream struct {
 type upConn struct {
 	c        *smtp.Client
 	raw      net.Conn // under c (and its TLS): closed to cut a stuck delivery
-	u        *upstream
+	u        *upAccount
 	once     sync.Once
 	used     int
 	lastUsed time.Time
@@ -122,8 +119,8 @@ type upConn struct {
 	tokenExpiry time.Time
 }
 
-// NewDelivery builds the deliverer. conc may be nil.
-func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource, conc Concurrency, log *slog.Logger, events DeliveryEvents) *Delivery {
+// NewUpstream builds the upstream side.
+func NewUpstream(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource, log *slog.Logger, events UpstreamEvents) *Upstream {
 	if cfg.Connections <= 0 {
 		cfg.Connections = 3
 	}
@@ -136,7 +133,7 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 	if cfg.ThrottleRecovery <= 0 {
 		cfg.ThrottleRecovery = 10 * time.Minute
 	}
-	d := &Delivery{cfg: cfg, tokens: ts, log: log, events: events, conc: conc, accounts: map[string]*upstream{}, done: make(chan struct{})}
+	d := &Upstream{cfg: cfg, tokens: ts, log: log, events: events, accounts: map[string]*upAccount{}, done: make(chan struct{})}
 	for _, a := range accounts {
 		lim := rate.NewLimiter(rate.Inf, 1)
 		if cfg.RatePerMinute > 0 {
@@ -145,7 +142,7 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 			// steady rate and let Microsoft's per-minute limit be exceeded.
 			lim = rate.NewLimiter(rate.Limit(cfg.RatePerMinute/60), 1)
 		}
-		d.accounts[a.Name] = &upstream{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections,
+		d.accounts[a.Name] = &upAccount{UpstreamAccount: a, limiter: lim, concurrency: cfg.Connections,
 			sessions: make(chan struct{}, cfg.Connections)}
 	}
 	d.wg.Add(1)
@@ -154,7 +151,7 @@ func NewDelivery(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 }
 
 // Close closes idle upstream connections and stops the janitor.
-func (d *Delivery) Close() {
+func (d *Upstream) Close() {
 	select {
 	case <-d.done:
 		return // closed already
@@ -192,7 +189,7 @@ func (c *upConn) drop() {
 }
 
 // janitor closes connections idle longer than IdleTimeout.
-func (d *Delivery) janitor() {
+func (d *Upstream) janitor() {
 	defer d.wg.Done()
 	t := time.NewTicker(max(d.cfg.IdleTimeout/2, 10*time.Millisecond))
 	defer t.Stop()
@@ -238,7 +235,7 @@ type attemptError struct {
 }
 
 // Deliver implements queue.Deliverer.
-func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result {
+func (d *Upstream) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result {
 	u, ok := d.accounts[dl.Account]
 	if !ok {
 		return all(dl, queue.Deferred, queue.Reply{Code: 451, Enhanced: "4.3.5", Text: "account " + dl.Account + " is not configured any more; restore it or delete the message"})
@@ -264,7 +261,7 @@ func (d *Delivery) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result
 // safeDeliver runs one delivery; a panic in it is recovered, logged with
 // its stack and counted, and the message deferred: a bug never takes the
 // daemon down, nor burns the message's attempts in a crash loop.
-func (d *Delivery) safeDeliver(ctx context.Context, u *upstream, dl *queue.Delivery) (res queue.Result) {
+func (d *Upstream) safeDeliver(ctx context.Context, u *upAccount, dl *queue.Delivery) (res queue.Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			d.log.Error("delivery: panic recovered; the message is deferred", "id", dl.ID, "account", dl.Account,
@@ -312,7 +309,7 @@ func all(dl *queue.Delivery, o queue.Outcome, r queue.Reply) queue.Result {
 	return res
 }
 
-func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery, mayRetryAuth bool) queue.Result {
+func (d *Upstream) deliver(ctx context.Context, u *upAccount, dl *queue.Delivery, mayRetryAuth bool) queue.Result {
 	c, aerr := d.conn(ctx, u)
 	if aerr != nil {
 		if aerr.auth535 && aerr.reply.Enhanced == "5.7.3" && mayRetryAuth {
@@ -354,7 +351,7 @@ func (d *Delivery) deliver(ctx context.Context, u *upstream, dl *queue.Delivery,
 
 // conn returns an authenticated connection: an idle one that still answers
 // RSET, or a new one.
-func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptError) {
+func (d *Upstream) conn(ctx context.Context, u *upAccount) (*upConn, *attemptError) {
 	for {
 		u.mu.Lock()
 		n := len(u.idle)
@@ -388,7 +385,7 @@ func (d *Delivery) conn(ctx context.Context, u *upstream) (*upConn, *attemptErro
 
 // acquire takes a session slot for u, waiting for a closing session to
 // finish; an idle pooled session is closed to make room if need be.
-func (d *Delivery) acquire(ctx context.Context, u *upstream) error {
+func (d *Upstream) acquire(ctx context.Context, u *upAccount) error {
 	for {
 		select {
 		case u.sessions <- struct{}{}:
@@ -414,7 +411,7 @@ func (d *Delivery) acquire(ctx context.Context, u *upstream) error {
 	}
 }
 
-func (d *Delivery) dial(ctx context.Context, u *upstream) (*upConn, *attemptError) {
+func (d *Upstream) dial(ctx context.Context, u *upAccount) (*upConn, *attemptError) {
 	if err := d.acquire(ctx, u); err != nil {
 		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"}}
 	}
@@ -457,7 +454,7 @@ func (c deadlineConn) Write(p []byte) (int, error) {
 // open connects to the upstream: TCP, TLS (STARTTLS or implicit), EHLO.
 // It refuses a connection without TLS unless InsecureAllowPlaintext. It
 // returns the TCP connection under the client too, to cut it if need be.
-func (d *Delivery) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
+func (d *Upstream) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
 	c, raw, aerr := d.openConn(ctx)
 	if aerr != nil {
 		// Nothing of the session worked: the upstream is unreachable
@@ -468,7 +465,7 @@ func (d *Delivery) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptEr
 	return c, raw, aerr
 }
 
-func (d *Delivery) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
+func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
 	connErr := func(what string, err error) *attemptError {
 		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, d.cfg.Addr, err)}}
 	}
@@ -522,7 +519,7 @@ func (d *Delivery) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attem
 	return c, raw, nil
 }
 
-func (d *Delivery) tlsErr(err error) *attemptError {
+func (d *Upstream) tlsErr(err error) *attemptError {
 	var ce *tls.CertificateVerificationError
 	if errors.As(err, &ce) {
 		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.5",
@@ -534,8 +531,8 @@ func (d *Delivery) tlsErr(err error) *attemptError {
 
 // login signs in to an open upstream connection with the account's token
 // (XOAUTH2); the connection is closed on failure.
-func (d *Delivery) login(ctx context.Context, u *upstream, c *smtp.Client) (*upConn, *attemptError) {
-	tok, err := d.tokens.Token(ctx, u.Name)
+func (d *Upstream) login(ctx context.Context, u *upAccount, c *smtp.Client) (*upConn, *attemptError) {
+	cred, err := d.tokens.Auth(ctx, u.Name)
 	if err != nil {
 		c.Close()
 		var ae *tokens.AccountError
@@ -544,18 +541,18 @@ func (d *Delivery) login(ctx context.Context, u *upstream, c *smtp.Client) (*upC
 		}
 		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "no access token yet: " + err.Error()}}
 	}
-	if err := c.Auth(&tokens.XOAuth2{User: u.Mailbox, Token: tok.AccessToken}); err != nil {
+	if err := c.Auth(cred.SASL); err != nil {
 		c.Close()
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code == 535 {
 			enh := enhanced(se)
 			d.reply(u.Name, se.Code, enh)
-			d.log.Warn("delivery: Microsoft refused the login", "account", u.Name, "reply", fmt.Sprintf("%d %s %s", se.Code, enh, se.Message), "token", tokens.Fingerprint(tok.AccessToken))
+			d.log.Warn("delivery: Microsoft refused the login", "account", u.Name, "reply", fmt.Sprintf("%d %s %s", se.Code, enh, se.Message), "token", cred.Fingerprint)
 			return nil, &attemptError{auth535: true, reply: queue.Reply{Code: se.Code, Enhanced: enh, Text: se.Message}}
 		}
 		return nil, d.replyErr("AUTH", err)
 	}
-	return &upConn{c: c, tokenExpiry: tok.Expiry}, nil
+	return &upConn{c: c, tokenExpiry: cred.Expiry}, nil
 }
 
 func enhanced(se *smtp.SMTPError) string {
@@ -565,14 +562,14 @@ func enhanced(se *smtp.SMTPError) string {
 	return fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 }
 
-func (d *Delivery) reply(account string, code int, enh string) {
+func (d *Upstream) reply(account string, code int, enh string) {
 	if d.events.Reply != nil {
 		d.events.Reply(account, code, enh)
 	}
 }
 
 // replyErr classifies an error outside a transaction.
-func (d *Delivery) replyErr(stage string, err error) *attemptError {
+func (d *Upstream) replyErr(stage string, err error) *attemptError {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		// Even a 5xx at EHLO/AUTH is about the connection, not the message:
@@ -583,7 +580,7 @@ func (d *Delivery) replyErr(stage string, err error) *attemptError {
 }
 
 // transact runs MAIL, RCPT… and DATA. healthy says the connection may be reused.
-func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *queue.Delivery) (queue.Result, bool) {
+func (d *Upstream) transact(ctx context.Context, u *upAccount, c *upConn, dl *queue.Delivery) (queue.Result, bool) {
 	c.used++
 	from := dl.From
 	if u.Rewrite != "off" && u.Rewrite != "" || from == "" {
@@ -607,7 +604,7 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 		r, throttled, conn := d.classify(u, err)
 		out := all(dl, outcome(r), r)
 		if throttled {
-			out.RetryAfter = d.throttle(u)
+			out.RetryAfter, out.Concurrency = d.throttle(u)
 		}
 		return out, !conn && !throttled
 	}
@@ -636,7 +633,7 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 			return res, false
 		}
 		if throttled {
-			res.RetryAfter = d.throttle(u)
+			res.RetryAfter, res.Concurrency = d.throttle(u)
 		}
 		res.Recipients = append(res.Recipients, queue.RcptResult{Addr: to, Outcome: outcome(r), Reply: r})
 	}
@@ -649,7 +646,7 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 		var throttled, conn bool
 		r, throttled, conn = d.classify(u, err)
 		if throttled {
-			res.RetryAfter = d.throttle(u)
+			res.RetryAfter, res.Concurrency = d.throttle(u)
 		}
 		for _, a := range accepted {
 			res.Recipients = append(res.Recipients, queue.RcptResult{Addr: a, Outcome: outcome(r), Reply: r})
@@ -663,11 +660,13 @@ func (d *Delivery) transact(ctx context.Context, u *upstream, c *upConn, dl *que
 	if d.events.Delivered != nil {
 		d.events.Delivered(dl.ID, u.Name, r, time.Since(dl.Arrived), dl.IsBounce)
 	}
-	d.recover(u)
+	if d.throttleOver(u) {
+		res.Concurrency = -1 // full speed again
+	}
 	return res, true
 }
 
-func (d *Delivery) data(u *upstream, c *upConn, dl *queue.Delivery) (queue.Reply, error) {
+func (d *Upstream) data(u *upAccount, c *upConn, dl *queue.Delivery) (queue.Reply, error) {
 	body, err := dl.Open()
 	if err != nil {
 		return queue.Reply{}, fmt.Errorf("cannot read the queued message: %w", err)
@@ -699,7 +698,7 @@ func (d *Delivery) data(u *upstream, c *upConn, dl *queue.Delivery) (queue.Reply
 
 // classify turns an error inside a transaction into a reply, and says
 // whether Microsoft is throttling and whether the connection is gone.
-func (d *Delivery) classify(u *upstream, err error) (r queue.Reply, throttled, connGone bool) {
+func (d *Upstream) classify(u *upAccount, err error) (r queue.Reply, throttled, connGone bool) {
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		return queue.Reply{Code: 451, Enhanced: "4.4.2", Text: "connection lost: " + err.Error()}, false, true
@@ -725,39 +724,36 @@ func outcome(r queue.Reply) queue.Outcome {
 	return queue.Deferred
 }
 
-// throttle slows the account down after 421 4.4.2 / 432 4.3.2: one
-// connection fewer (at least one), and a later retry that grows while the
-// throttling lasts.
-func (d *Delivery) throttle(u *upstream) time.Duration {
+// throttle slows the account down after 421 4.4.2 / 432 4.3.2: it returns
+// how long to wait before the next attempt (growing while the throttling
+// lasts) and how many deliveries of the account may run at once (one
+// fewer, at least one); the queue applies both.
+func (d *Upstream) throttle(u *upAccount) (time.Duration, int) {
 	u.mu.Lock()
 	u.throttledAt = time.Now()
 	u.throttleStreak++
 	u.concurrency = max(1, u.concurrency-1)
 	n, streak := u.concurrency, u.throttleStreak
 	u.mu.Unlock()
-	if d.conc != nil {
-		d.conc.SetAccountConcurrency(u.Name, n)
-	}
 	if d.events.Throttled != nil {
 		d.events.Throttled(u.Name)
 	}
 	wait := d.cfg.ThrottleBackoff * time.Duration(min(streak, 8))
 	d.log.Warn("delivery: Microsoft is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
-	return wait
+	return wait, n
 }
 
-// recover restores an account's concurrency once throttling has stopped.
-func (d *Delivery) recover(u *upstream) {
+// throttleOver reports, after an accepted message, whether the account's
+// throttling has been over long enough to go back to full concurrency.
+func (d *Upstream) throttleOver(u *upAccount) bool {
 	u.mu.Lock()
 	u.throttleStreak = 0 // accepted: the next throttling starts the back-off afresh
 	if u.throttledAt.IsZero() || time.Since(u.throttledAt) < d.cfg.ThrottleRecovery {
 		u.mu.Unlock()
-		return
+		return false
 	}
 	u.throttledAt, u.throttleStreak, u.concurrency = time.Time{}, 0, d.cfg.Connections
 	u.mu.Unlock()
-	if d.conc != nil {
-		d.conc.SetAccountConcurrency(u.Name, 0)
-	}
 	d.log.Info("delivery: throttling over; full speed again", "account", u.Name)
+	return true
 }
