@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/relay/admin"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
@@ -58,7 +58,7 @@ func TestE2E_SMTPAuthDisabledShowsEverywhereAndTryAgainReleases(t *testing.T) {
 		c.Delivery.Retry = []time.Duration{time.Hour} // only a resume can deliver in time
 		c.Delivery.MessagesPerConnection = 1
 		c.Alert.WebhookURL = hookURL
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	h.connect()
 	waitAlert(t, alerts, "connected")
 	h.fake.SMTP.SetAuthDisabled(mailbox, true)
@@ -117,7 +117,7 @@ func TestE2E_WrongUserIsCalledOutAndReconnectReleases(t *testing.T) {
 	h := newHarness(t, func(c *configs.Config) {
 		c.Delivery.Retry = []time.Duration{time.Hour}
 		c.Delivery.MessagesPerConnection = 1
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	const other = "someone.else@contoso.test"
 	upn, err := h.relay.Tokens.ConnectDevice(t.Context(), "helpdesk", func(dc tokens.DeviceCode) {
 		h.fake.Entra.ApproveDevice(dc.UserCode, other)
@@ -155,7 +155,7 @@ func TestE2E_WrongUserIsCalledOutAndReconnectReleases(t *testing.T) {
 // nothing, and passes only when everything works.
 func TestE2E_CheckAccount(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	tok := h.relay.AdminToken
 	check := func() admin.CheckResult {
 		t.Helper()
@@ -199,7 +199,7 @@ func TestE2E_CheckAccount(t *testing.T) {
 // The page's Test button shows the check's steps.
 func TestAdmin_DeviceCodeAccountConnectsOnThePage(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Accounts[0].Flow = configs.FlowDeviceCode }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Accounts[0].Flow = configs.FlowDeviceCode }, daemon.Hooks{})
 	base := "http://" + h.relay.AdminAddr()
 	browser := h.browser()
 	resp, err := browser.Get(base + "/")

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -35,7 +35,7 @@ func api(t *testing.T, h *harness, method, path, token string) (int, string) {
 
 func TestAdmin_APIRequiresTokenAndRateLimits(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	for _, path := range []string{"/api/status", "/api/queue", "/api/accounts", "/metrics"} {
 		if code, _ := api(t, h, "GET", path, ""); code != 401 {
 			t.Errorf("%s without token: %d, want 401", path, code)
@@ -64,7 +64,7 @@ func TestAdmin_APIRequiresTokenAndRateLimits(t *testing.T) {
 
 func TestAdmin_APIEndpoints(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{time.Hour} }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{time.Hour} }, daemon.Hooks{})
 	tok := h.relay.AdminToken
 	h.connect()
 	h.fake.SMTP.FailNext(fakem365.StageData, fakem365.ReplyTempFailure)
@@ -140,7 +140,7 @@ var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 func TestAdmin_PagesNeedLoginAndCSRF(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Admin.Token = "a-configured-admin-token" }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Admin.Token = "a-configured-admin-token" }, daemon.Hooks{})
 	base := "http://" + h.relay.AdminAddr()
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, _ := noFollow.Get(base + "/")
@@ -199,7 +199,7 @@ func TestAdmin_PagesNeedLoginAndCSRF(t *testing.T) {
 
 func TestMetrics_ScriptedRun(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.connect()
 	h.fake.SMTP.FailNext(fakem365.StageData, fakem365.ReplyTempFailure)
 	for i := range 3 {

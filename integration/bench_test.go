@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 )
 
 // body4k is a 4 KiB message with a unique X-Test-Id.
@@ -20,7 +20,7 @@ func body4k(i int) string {
 //
 //	go test ./integration -run '^$' -bench AcceptDurable -benchtime 3000x
 func BenchmarkAcceptDurable20Clients(b *testing.B) {
-	h := newHarness(b, nil, relay.Hooks{})
+	h := newHarness(b, nil, daemon.Hooks{})
 	h.relay.Queue.Pause("helpdesk", "benchmark: accept only")
 	b.SetBytes(4096)
 	b.ResetTimer()
@@ -35,7 +35,7 @@ func BenchmarkAcceptDurable20Clients(b *testing.B) {
 //
 //	go test ./integration -run '^$' -bench EndToEnd -benchtime 3000x
 func BenchmarkEndToEnd20Clients(b *testing.B) {
-	h := newHarness(b, nil, relay.Hooks{})
+	h := newHarness(b, nil, daemon.Hooks{})
 	h.connect()
 	b.SetBytes(4096)
 	b.ResetTimer()
@@ -57,7 +57,7 @@ func BenchmarkEndToEnd20Clients(b *testing.B) {
 //
 //	go test ./integration -run '^$' -bench OutageRecovery -benchtime 10000x
 func BenchmarkOutageRecovery(b *testing.B) {
-	h := newHarness(b, nil, relay.Hooks{})
+	h := newHarness(b, nil, daemon.Hooks{})
 	h.connect()
 	h.fake.SMTP.SetDown(true)
 	sendMany(b, h.relay.SMTPAddr(), b.N, 20, body4k)

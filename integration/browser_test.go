@@ -11,9 +11,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 )
 
 // findChromium returns Debian's chromium (or another Chrome) if installed.
@@ -40,7 +40,7 @@ func TestBrowser_ConnectFromStatusPage(t *testing.T) {
 		t.Skip("Chromium is not installed (apt-get install chromium); skipping the browser test outside CI")
 	}
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{time.Hour} }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{time.Hour} }, daemon.Hooks{})
 	base := "http://" + h.relay.AdminAddr()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],

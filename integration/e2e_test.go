@@ -22,9 +22,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -40,7 +40,7 @@ func wantCode(t *testing.T, err error, code int, enh smtp.EnhancedCode) {
 // 1. 200 messages from 20 concurrent clients, mixed content.
 func TestE2E_ManyClientsMixedContentArriveIntact(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.fake.SMTP.SetSendAsCheck(false) // senders other than the mailbox: Send As granted
 	h.connect()
 
@@ -180,7 +180,7 @@ func rawSend(addr, from, to, body string) error {
 // 2. Access tokens living 2 s during a 20 s run.
 func TestE2E_ShortLivedTokensDuringLongRun(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.fake.Entra.SetAccessTokenLifetime(2 * time.Second)
 	h.connect()
 	before := h.fake.Entra.Requests(fakem365.GrantRefreshToken)
@@ -204,7 +204,7 @@ func TestE2E_ShortLivedTokensDuringLongRun(t *testing.T) {
 // 3. Upstream answers 451 twice, then accepts.
 func TestE2E_TemporaryFailuresRetried(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{400 * time.Millisecond} }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Delivery.Retry = []time.Duration{400 * time.Millisecond} }, daemon.Hooks{})
 	h.connect()
 	h.fake.SMTP.FailNext(fakem365.StageData, fakem365.ReplyTempFailure, fakem365.ReplyTempFailure)
 	reply, err := send(h.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, message(1, mailbox, "bob@example.com", ""), nil)
@@ -233,7 +233,7 @@ func TestE2E_TemporaryFailuresRetried(t *testing.T) {
 // 4. 554 5.2.252 SendAsDenied: the sender gets a DSN; the message sits in failed/.
 func TestE2E_SendAsDeniedBouncesToSender(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.connect()
 	const app = "app@contoso.test"
 	reply, err := send(h.relay.SMTPAddr(), app, []string{"bob@example.com"}, message(1, app, "bob@example.com", ""), nil)
@@ -277,7 +277,7 @@ func TestE2E_RevokedGrantPausesUntilReconnect(t *testing.T) {
 		c.Delivery.Retry = []time.Duration{time.Hour} // only a resume can deliver in time
 		c.Delivery.MessagesPerConnection = 1          // every message signs in anew
 		c.Alert.WebhookURL = hook.URL
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	h.connect()
 	if _, err := send(h.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, message(1, mailbox, "bob@example.com", ""), nil); err != nil {
 		t.Fatal(err)
@@ -344,7 +344,7 @@ func TestE2E_RefusedWithDocumentedReplies(t *testing.T) {
 		c.Listen.AllowedNetworks = []string{"127.0.0.1/32"}
 		c.Listen.MaxMessageBytes = 2048
 		c.Listen.MaxRecipients = 3
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	addr := h.relay.SMTPAddr()
 
 	t.Run("source outside allowed_networks", func(t *testing.T) {
@@ -385,7 +385,7 @@ func TestE2E_RefusedWithDocumentedReplies(t *testing.T) {
 		t.Errorf("refused mail was queued: %+v", st)
 	}
 
-	h2 := newHarness(t, func(c *configs.Config) { c.Listen.Auth.UsersFile, c.Listen.Auth.Required = users, true }, relay.Hooks{})
+	h2 := newHarness(t, func(c *configs.Config) { c.Listen.Auth.UsersFile, c.Listen.Auth.Required = users, true }, daemon.Hooks{})
 	t.Run("auth required but missing", func(t *testing.T) {
 		_, err := send(h2.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, "x\r\n", nil)
 		wantCode(t, err, 530, smtp.EnhancedCode{5, 7, 0})
@@ -417,7 +417,7 @@ func TestE2E_RefusedWithDocumentedReplies(t *testing.T) {
 // nothing bounced.
 func TestE2E_ThrottlingDelaysNeverBounces(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.fake.SMTP.SetRatePerMinute(5)
 	h.fake.SMTP.SetRateWindow(time.Second)
 	h.connect()
@@ -454,7 +454,7 @@ func (p *plainAuth) Next([]byte) ([]byte, error) { return nil, errors.New("unexp
 // check passes; the application's address stays reachable in Reply-To.
 func TestE2E_RewriteSenderAvoidsSendAsDenied(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, func(c *configs.Config) { c.Accounts[0].RewriteSender = configs.RewriteFrom }, relay.Hooks{})
+	h := newHarness(t, func(c *configs.Config) { c.Accounts[0].RewriteSender = configs.RewriteFrom }, daemon.Hooks{})
 	h.connect()
 	const app = "app@contoso.test"
 	if _, err := send(h.relay.SMTPAddr(), app, []string{"bob@example.com"}, message(1, app, "bob@example.com", ""), nil); err != nil {

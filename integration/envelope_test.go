@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/queue"
-	"github.com/oauthrelay/oauthrelay/relay"
 )
 
 // rawSession speaks SMTP to the relay line by line, so a test can send
@@ -64,7 +64,7 @@ func (s *rawSession) raw(data string) {
 // never read upstream as MAIL or RCPT parameters (issue 10).
 func TestE2E_QuotedAddressesNeverBecomeParameters(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.fake.SMTP.SetSendAsCheck(false)
 	h.connect()
 	s := dialRaw(t, h.relay.SMTPAddr())
@@ -99,7 +99,7 @@ func TestE2E_QuotedAddressesNeverBecomeParameters(t *testing.T) {
 // relay answers at once, and Microsoft gets CRLF line ends only.
 func TestE2E_LoneCRLineEndsArriveAsCRLF(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.connect()
 	s := dialRaw(t, h.relay.SMTPAddr())
 	s.expect("250", "EHLO raw.test")
@@ -122,7 +122,7 @@ func TestE2E_LoneCRLineEndsArriveAsCRLF(t *testing.T) {
 // refused where it arrives; nothing reaches the spool.
 func TestE2E_HugeAddressesRefusedAtTheDoor(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	s := dialRaw(t, h.relay.SMTPAddr())
 	s.expect("250", "EHLO raw.test")
 	if r := s.expect("501 5.1.7", "MAIL FROM:<"+strings.Repeat("s", 120000)+"@contoso.test>"); !strings.Contains(r, "256 octets") {
@@ -144,7 +144,7 @@ func TestE2E_HugeAddressesRefusedAtTheDoor(t *testing.T) {
 // sender that is no address gets no bounce.
 func TestE2E_UncheckedQueuedAddressesStayOffTheWire(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	h.fake.SMTP.SetSendAsCheck(false)
 	h.connect()
 	enqueue := func(from string, to ...string) string {

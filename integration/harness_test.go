@@ -20,6 +20,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
@@ -51,7 +52,7 @@ func (s *syncBuffer) String() string {
 type harness struct {
 	t     testing.TB
 	fake  *fakem365.M365
-	relay *relay.Relay
+	relay *daemon.Relay
 	cfg   *configs.Config
 	dir   string
 	logs  *syncBuffer
@@ -81,7 +82,7 @@ func baseConfig(t testing.TB, fake *fakem365.M365, dir string) *configs.Config {
 	return &c
 }
 
-func newHarness(t testing.TB, mod func(*configs.Config), hooks relay.Hooks) *harness {
+func newHarness(t testing.TB, mod func(*configs.Config), hooks daemon.Hooks) *harness {
 	t.Helper()
 	fake, err := fakem365.Start()
 	if err != nil {
@@ -103,7 +104,7 @@ func newHarness(t testing.TB, mod func(*configs.Config), hooks relay.Hooks) *har
 }
 
 // start builds and starts a relay on h's configuration and spool.
-func (h *harness) start(hooks relay.Hooks) {
+func (h *harness) start(hooks daemon.Hooks) {
 	h.t.Helper()
 	smtpLn, err := net.Listen("tcp", h.cfg.Listen.Addr)
 	if err != nil {
@@ -131,7 +132,7 @@ func (h *harness) start(hooks relay.Hooks) {
 			userUp(u)
 		}
 	}
-	r, err := relay.New(&c, log, hooks)
+	r, err := daemon.New(&c, log, hooks)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -279,7 +280,7 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-func messageState(r *relay.Relay, id string) queue.MessageState {
+func messageState(r *daemon.Relay, id string) queue.MessageState {
 	m, err := r.Queue.Get(id)
 	if err != nil {
 		return ""

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
 )
@@ -21,7 +22,7 @@ func TestE2E_OutageCostsNoRetries(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, func(c *configs.Config) {
 		c.Delivery.Retry = []time.Duration{time.Hour} // a counted deferral would hold mail for an hour
-	}, relay.Hooks{TuneQueue: func(o *queue.Options) { o.ProbeMin, o.ProbeMax = 50*time.Millisecond, 300*time.Millisecond }})
+	}, daemon.Hooks{TuneQueue: func(o *queue.Options) { o.ProbeMin, o.ProbeMax = 50*time.Millisecond, 300*time.Millisecond }})
 	h.connect()
 	h.fake.SMTP.SetDown(true)
 	var ids []string
@@ -66,7 +67,7 @@ func TestE2E_StalledUpstreamNeverHangs(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, func(c *configs.Config) {
 		c.Delivery.CommandTimeout = time.Second
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	h.connect()
 	h.fake.SMTP.StallDuringData(100)
 	defer h.fake.SMTP.StallDuringData(0)
@@ -100,7 +101,7 @@ func TestE2E_NeverMoreSessionsThanConnections(t *testing.T) {
 	h := newHarness(t, func(c *configs.Config) {
 		c.Delivery.Connections = 3
 		c.Delivery.MessagesPerConnection = 1 // every message closes its session
-	}, relay.Hooks{})
+	}, daemon.Hooks{})
 	h.connect()
 	var wg sync.WaitGroup
 	for w := range 6 {
@@ -130,7 +131,7 @@ func TestE2E_NeverMoreSessionsThanConnections(t *testing.T) {
 func TestE2E_PanicInDeliveryIsDeferred(t *testing.T) {
 	t.Parallel()
 	var once sync.Once
-	h := newHarness(t, nil, relay.Hooks{Upstream: relay.UpstreamEvents{ConnOpened: func(string) {
+	h := newHarness(t, nil, daemon.Hooks{Upstream: relay.UpstreamEvents{ConnOpened: func(string) {
 		once.Do(func() { panic(fmt.Sprintf("boom %d", 42)) })
 	}}})
 	h.connect()

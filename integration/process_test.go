@@ -18,8 +18,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
-	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
 
@@ -117,7 +117,7 @@ func processConfig(t testing.TB) (*fakem365.M365, *configs.Config, string) {
 	c := baseConfig(t, fake, dir)
 	c.Listen.Addr, c.Admin.Addr = freeAddr(t), freeAddr(t)
 	c.Log.Level = "warn"
-	m, err := relay.OpenTokens(c, slog.New(slog.DiscardHandler), nil)
+	m, err := daemon.OpenTokens(c, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

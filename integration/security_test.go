@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oauthrelay/oauthrelay/relay"
+	"github.com/oauthrelay/oauthrelay/daemon"
 )
 
 // Guessing the admin token is really slowed: past a few wrong tokens, an
@@ -18,7 +18,7 @@ import (
 // logged once, with the address.
 func TestAdmin_GuessingIsLockedOut(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	codes := map[int]int{}
 	for range 300 {
 		code, _ := api(t, h, "GET", "/api/status", "wrong-token-0123456789")
@@ -60,7 +60,7 @@ func TestAdmin_GuessingIsLockedOut(t *testing.T) {
 // or an API call is refused past 16 KiB, before anything reads it whole.
 func TestAdmin_RequestBodiesAreCapped(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	big := bytes.Repeat([]byte("token=xxxxxxxx&"), 700_000) // 10 MB
 	resp, err := http.Post("http://"+h.relay.AdminAddr()+"/login", "application/x-www-form-urlencoded", bytes.NewReader(big))
 	if err != nil {
@@ -88,7 +88,7 @@ func TestAdmin_RequestBodiesAreCapped(t *testing.T) {
 // printed by `oauthrelay connect` lands on the Connect flow, not on /.
 func TestAdmin_LoginReturnsToThePageAskedFor(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil, relay.Hooks{})
+	h := newHarness(t, nil, daemon.Hooks{})
 	_, port, _ := net.SplitHostPort(h.relay.AdminAddr())
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := noFollow.Get("http://localhost:" + port + "/connect/helpdesk")

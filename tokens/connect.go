@@ -45,6 +45,12 @@ func ConnectURL(publicURL, account string) string {
 	return strings.TrimRight(publicURL, "/") + "/connect/" + account
 }
 
+// CallbackURL is the OAuth redirect URI for the admin server's public URL:
+// what the app registration must list.
+func CallbackURL(publicURL string) string {
+	return strings.TrimRight(publicURL, "/") + "/oauth/callback"
+}
+
 func (m *Manager) handleConnect(w http.ResponseWriter, r *http.Request) {
 	a, err := m.account(r.PathValue("account"))
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
-	"github.com/oauthrelay/oauthrelay/relay"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/tokens"
 	"github.com/spf13/cobra"
 )
@@ -60,7 +60,7 @@ delivers the account's waiting mail.
 				}
 			}
 			log := newLogger(c.Log, os.Stderr)
-			m, err := relay.OpenTokens(c, log, nil)
+			m, err := daemon.OpenTokens(c, log, nil)
 			if err != nil {
 				return err
 			}
@@ -123,7 +123,7 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 		fmt.Fprintf(out, "Account %s uses client credentials: no sign-in needed; the relay fetched a token (%s).\n", name, res.Result)
 		return nil
 	case !device:
-		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", tokens.ConnectURL(relay.AdminPublicURL(c), name))
+		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", tokens.ConnectURL(daemon.AdminPublicURL(c), name))
 		return nil
 	}
 	var d tokens.DeviceSignIn
@@ -164,7 +164,7 @@ func isUnreachable(err error) bool {
 // connectInBrowser prints the running relay's Connect URL, or serves the
 // Connect flow itself until the account is connected.
 func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager, name string, out interface{ Write([]byte) (int, error) }) error {
-	url := tokens.ConnectURL(relay.AdminPublicURL(c), name)
+	url := tokens.ConnectURL(daemon.AdminPublicURL(c), name)
 	if conn, err := net.DialTimeout("tcp", c.Admin.Addr, time.Second); err == nil {
 		conn.Close()
 		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", url)
@@ -194,7 +194,7 @@ func connectInBrowser(ctx context.Context, c *configs.Config, m *tokens.Manager,
 	srv := &http.Server{Handler: keyedConnect(m.ConnectHandler(), key), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
-	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s?key=%s\nWaiting…\n", relay.AdminPublicURL(c), url, key)
+	fmt.Fprintf(out, "Open this in a browser and sign in (redirect URI %s/oauth/callback must be registered):\n  %s?key=%s\nWaiting…\n", daemon.AdminPublicURL(c), url, key)
 	select {
 	case <-done:
 		time.Sleep(500 * time.Millisecond) // let the result page reach the browser

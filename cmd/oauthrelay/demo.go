@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
 	"github.com/oauthrelay/oauthrelay/integration/fakem365"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
@@ -92,7 +93,7 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 	log := newLogger(configs.Log{Level: logLevel, Format: "text"}, os.Stderr)
 
 	delivered := make(chan string, 1)
-	r, err := relay.New(&c, log, relay.Hooks{Upstream: relay.UpstreamEvents{
+	r, err := daemon.New(&c, log, daemon.Hooks{Upstream: relay.UpstreamEvents{
 		Delivered: func(id, account string, reply queue.Reply, since time.Duration, _ bool) {
 			delivered <- fmt.Sprintf("%s (%s after it was accepted)", reply, since.Round(time.Millisecond))
 		},

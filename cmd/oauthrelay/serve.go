@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
-	"github.com/oauthrelay/oauthrelay/relay"
+	"github.com/oauthrelay/oauthrelay/daemon"
+	"github.com/oauthrelay/oauthrelay/tokens"
 	"github.com/spf13/cobra"
 )
 
@@ -43,7 +44,7 @@ systemctl restart oauthrelay — nothing queued is lost by a restart.`,
 			if loaded.Attached != nil {
 				log.Info("listen.allowed_networks: attached resolved", "networks", strings.Join(loaded.Attached, ", "))
 			}
-			r, err := relay.New(c, log, relay.Hooks{Version: version})
+			r, err := daemon.New(c, log, daemon.Hooks{Version: version})
 			if err != nil {
 				return err
 			}
@@ -53,7 +54,7 @@ systemctl restart oauthrelay — nothing queued is lost by a restart.`,
 			for _, s := range r.Tokens.States() {
 				if s.State != "connected" {
 					log.Warn("account needs attention", "account", s.Account, "state", string(s.State), "what_to_do", s.Explanation.String(),
-						"connect_url", relay.AdminPublicURL(c)+"/connect/"+s.Account)
+						"connect_url", tokens.ConnectURL(daemon.AdminPublicURL(c), s.Account))
 				}
 			}
 			hup := make(chan os.Signal, 1)

@@ -1,4 +1,4 @@
-package relay
+package daemon
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/relay/admin"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
@@ -29,8 +30,8 @@ type Relay struct {
 	Log      *slog.Logger
 	Tokens   *tokens.Manager
 	Queue    *queue.Queue
-	Upstream *Upstream
-	Listener *Listener
+	Upstream *relay.Upstream
+	Listener *relay.Listener
 	// Admin is the admin HTTP handler: status page, API, Connect, metrics, health.
 	Admin   http.Handler
 	Metrics *Metrics
@@ -46,10 +47,10 @@ type Relay struct {
 
 // Hooks lets callers (metrics, the demo, tests) observe the relay. Any may be nil.
 type Hooks struct {
-	Listener ListenerEvents
-	Upstream UpstreamEvents
+	Listener relay.ListenerEvents
+	Upstream relay.UpstreamEvents
 	// Tune adjusts component options before they are built (tests shorten timings).
-	TuneUpstream func(*UpstreamConfig)
+	TuneUpstream func(*relay.UpstreamConfig)
 	TuneTokens   func(*tokens.Options)
 	TuneQueue    func(*queue.Options)
 	// Version is shown on the status page and in /api/status.
@@ -91,7 +92,7 @@ func OpenTokens(c *configs.Config, log *slog.Logger, tune func(*tokens.Options))
 	opts := tokens.Options{
 		Accounts:          TokenAccounts(c),
 		Store:             store,
-		RedirectURL:       AdminPublicURL(c) + "/oauth/callback",
+		RedirectURL:       tokens.CallbackURL(AdminPublicURL(c)),
 		RefreshSkew:       c.Tokens.RefreshSkew,
 		BackgroundRefresh: c.Tokens.BackgroundRefresh,
 		Logger:            log,
@@ -116,69 +117,25 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		}
 	}
 
-	lc := ListenerConfig{
-		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
-		MaxRecipients: c.Listen.MaxRecipients, MaxSessions: c.Listen.MaxSessions,
-		ReadTimeout: c.Listen.ReadTimeout, WriteTimeout: c.Listen.WriteTimeout,
-		AuthRequired: c.Listen.Auth.Required,
+	lc, err := listenerConfig(c)
+	if err != nil {
+		return nil, err
 	}
-	for _, n := range c.Listen.AllowedNetworks {
-		p, err := configs.ParseNetwork(n)
-		if err != nil {
-			return nil, fmt.Errorf("listen.allowed_networks: %q: %w", n, err)
-		}
-		lc.AllowedNetworks = append(lc.AllowedNetworks, p)
-	}
-	if c.Listen.Auth.UsersFile != "" {
-		if lc.Users, err = LoadUsers(c.Listen.Auth.UsersFile); err != nil {
-			return nil, err
-		}
-	}
-	if c.Listen.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("listen.tls: %w", err)
-		}
-		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-
-	roots, err := x509.SystemCertPool()
-	if err != nil || roots == nil {
-		roots = x509.NewCertPool()
-	}
-	if c.Upstream.CAFile != "" {
-		pem, err := os.ReadFile(c.Upstream.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.ca_file: %w", err)
-		}
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.ca_file %s: no PEM certificate in it", c.Upstream.CAFile)
-		}
+	uc, ups, routes, err := upstreamConfig(c)
+	if err != nil {
+		return nil, err
 	}
 
 	if r.Tokens, err = OpenTokens(c, log, hooks.TuneTokens); err != nil {
 		return nil, err
 	}
 
-	uc := UpstreamConfig{
-		Addr: c.Upstream.Addr, TLS: c.Upstream.TLS, Hostname: c.Upstream.Hostname, RootCAs: roots,
-		InsecureAllowPlaintext: c.Upstream.InsecureAllowPlaintext,
-		Connections:            c.Delivery.Connections, RatePerMinute: c.Delivery.RatePerMinute,
-		MessagesPerConnection: c.Delivery.MessagesPerConnection, IdleTimeout: c.Delivery.IdleTimeout,
-		DialTimeout: c.Delivery.DialTimeout, CommandTimeout: c.Delivery.CommandTimeout,
-	}
 	if hooks.TuneUpstream != nil {
 		hooks.TuneUpstream(&uc)
 	}
-	var ups []UpstreamAccount
-	var routes []Route
-	for _, a := range c.Accounts {
-		ups = append(ups, UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender})
-		routes = append(routes, Route{Account: a.Name, Patterns: a.Senders})
-	}
-	r.Upstream = NewUpstream(uc, ups, r.Tokens, log, hooks.Upstream)
+	r.Upstream = relay.NewUpstream(uc, ups, r.Tokens, log, hooks.Upstream)
 
-	bouncer := &Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: upstreamHost(c.Upstream.Addr), Mailbox: r.Tokens.Mailbox, Log: log,
+	bouncer := &relay.Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: upstreamHost(c.Upstream.Addr), Mailbox: r.Tokens.Mailbox, Log: log,
 		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
 		Dir: c.Spool.Dir, Deliverer: r.Upstream, Bounce: bouncer.Bounce,
@@ -216,7 +173,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		r.unsubscribe = func() { prev(); cancel(); stop() }
 	}
 
-	r.Listener = NewListener(lc, r.Queue, NewRouter(routes), log, hooks.Listener)
+	r.Listener = relay.NewListener(lc, r.Queue, relay.NewRouter(routes), log, hooks.Listener)
 
 	r.AdminToken = c.Admin.Token
 	if r.AdminToken == "" {
@@ -231,7 +188,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		Queue: r.Queue, Accounts: r.Tokens, Metrics: r.Metrics.Handler(),
 		ListenerUp: func() error { return r.Listener.Accepting() },
 		Explain: func(rep queue.Reply, account, sender string) string {
-			return ExplainReply(rep, r.Tokens.Mailbox(account), sender)
+			return relay.ExplainReply(rep, r.Tokens.Mailbox(account), sender)
 		},
 		Check: func(ctx context.Context, account string) admin.CheckResult {
 			ctx, cancel := context.WithTimeout(ctx, time.Minute) // within the admin server's write timeout
@@ -278,7 +235,7 @@ func webhook(url, publicURL string, log *slog.Logger) (notify func(tokens.Accoun
 		body, _ := json.Marshal(map[string]any{
 			"account": s.Account, "mailbox": s.Mailbox, "state": s.State,
 			"needs_attention": s.State != tokens.Connected,
-			"explanation":     s.Explanation, "connect_url": publicURL + "/connect/" + s.Account,
+			"explanation":     s.Explanation, "connect_url": tokens.ConnectURL(publicURL, s.Account),
 			"time": time.Now().UTC().Format(time.RFC3339),
 		})
 		select {
@@ -381,4 +338,68 @@ func upstreamHost(addr string) string {
 		return h
 	}
 	return addr
+}
+
+// listenerConfig is the SMTP listener's part of the configuration.
+func listenerConfig(c *configs.Config) (relay.ListenerConfig, error) {
+	var err error
+	lc := relay.ListenerConfig{
+		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
+		MaxRecipients: c.Listen.MaxRecipients, MaxSessions: c.Listen.MaxSessions,
+		ReadTimeout: c.Listen.ReadTimeout, WriteTimeout: c.Listen.WriteTimeout,
+		AuthRequired: c.Listen.Auth.Required,
+	}
+	for _, n := range c.Listen.AllowedNetworks {
+		p, err := configs.ParseNetwork(n)
+		if err != nil {
+			return lc, fmt.Errorf("listen.allowed_networks: %q: %w", n, err)
+		}
+		lc.AllowedNetworks = append(lc.AllowedNetworks, p)
+	}
+	if c.Listen.Auth.UsersFile != "" {
+		if lc.Users, err = relay.LoadUsers(c.Listen.Auth.UsersFile); err != nil {
+			return lc, err
+		}
+	}
+	if c.Listen.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile)
+		if err != nil {
+			return lc, fmt.Errorf("listen.tls: %w", err)
+		}
+		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return lc, nil
+}
+
+// upstreamConfig is the upstream's part: where Microsoft 365 is, how to
+// trust it, the pacing, and each account's mailbox and routing.
+func upstreamConfig(c *configs.Config) (relay.UpstreamConfig, []relay.UpstreamAccount, []relay.Route, error) {
+	var uc relay.UpstreamConfig
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if c.Upstream.CAFile != "" {
+		pem, err := os.ReadFile(c.Upstream.CAFile)
+		if err != nil {
+			return uc, nil, nil, fmt.Errorf("upstream.ca_file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return uc, nil, nil, fmt.Errorf("upstream.ca_file %s: no PEM certificate in it", c.Upstream.CAFile)
+		}
+	}
+	uc = relay.UpstreamConfig{
+		Addr: c.Upstream.Addr, TLS: c.Upstream.TLS, Hostname: c.Upstream.Hostname, RootCAs: roots,
+		InsecureAllowPlaintext: c.Upstream.InsecureAllowPlaintext,
+		Connections:            c.Delivery.Connections, RatePerMinute: c.Delivery.RatePerMinute,
+		MessagesPerConnection: c.Delivery.MessagesPerConnection, IdleTimeout: c.Delivery.IdleTimeout,
+		DialTimeout: c.Delivery.DialTimeout, CommandTimeout: c.Delivery.CommandTimeout,
+	}
+	var ups []relay.UpstreamAccount
+	var routes []relay.Route
+	for _, a := range c.Accounts {
+		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender})
+		routes = append(routes, relay.Route{Account: a.Name, Patterns: a.Senders})
+	}
+	return uc, ups, routes, nil
 }

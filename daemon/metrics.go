@@ -1,4 +1,4 @@
-package relay
+package daemon
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/queue"
+	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -55,7 +56,7 @@ func NewMetrics() *Metrics {
 	})
 	m.reg.MustRegister(m.latency)
 	m.replies = f("oauthrelay_upstream_replies_total", "Replies from Microsoft 365, by code class and enhanced code.", "class", "enhanced")
-	m.connections = f("oauthrelay_upstream_connections_total", "Upstream connections opened, by account (messages_sent / connections = reuse).", "account")
+	m.connections = f("oauthrelay_upstream_connections_total", "relay.Upstream connections opened, by account (messages_sent / connections = reuse).", "account")
 	m.sent = f("oauthrelay_upstream_messages_total", "Messages sent upstream and accepted, by account.", "account")
 	m.throttled = f("oauthrelay_upstream_throttled_total", "Times Microsoft throttled an account (421 4.4.2, 432 4.3.2).", "account")
 	m.refreshes = f("oauthrelay_token_refreshes_total", "Token requests to Entra ID, by account and result (ok, transient, refused).", "account", "result")
@@ -73,8 +74,8 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is for tests that read values.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-func (m *Metrics) listenerEvents(next ListenerEvents) ListenerEvents {
-	return ListenerEvents{
+func (m *Metrics) listenerEvents(next relay.ListenerEvents) relay.ListenerEvents {
+	return relay.ListenerEvents{
 		Session: func() {
 			m.sessions.Inc()
 			if next.Session != nil {
@@ -97,8 +98,8 @@ func (m *Metrics) listenerEvents(next ListenerEvents) ListenerEvents {
 	}
 }
 
-func (m *Metrics) deliveryEvents(next UpstreamEvents) UpstreamEvents {
-	return UpstreamEvents{
+func (m *Metrics) deliveryEvents(next relay.UpstreamEvents) relay.UpstreamEvents {
+	return relay.UpstreamEvents{
 		ConnOpened: func(account string) {
 			m.connections.WithLabelValues(account).Inc()
 			if next.ConnOpened != nil {
