@@ -15,13 +15,15 @@ import (
 )
 
 // DefaultSearchPaths are tried, in order, when no --config is given.
-var DefaultSearchPaths = []string{"./oauthrelay.yaml", "/etc/oauthrelay/oauthrelay.yaml"}
+func DefaultSearchPaths() []string {
+	return []string{"./oauthrelay.yaml", "/etc/oauthrelay/oauthrelay.yaml"}
+}
 
 // LoadOptions says where configuration comes from.
 type LoadOptions struct {
 	// File is an explicit config file (--config); it must exist.
 	File string
-	// SearchPaths are tried when File is empty; nil means DefaultSearchPaths.
+	// SearchPaths are tried when File is empty; nil means DefaultSearchPaths().
 	SearchPaths []string
 	// Env is the environment as KEY=VALUE; nil means os.Environ().
 	Env []string
@@ -154,7 +156,7 @@ func findFile(opts LoadOptions) (string, []string, error) {
 	}
 	paths := opts.SearchPaths
 	if paths == nil {
-		paths = DefaultSearchPaths
+		paths = DefaultSearchPaths()
 	}
 	var searched []string
 	for _, p := range paths {

@@ -178,14 +178,13 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-var allMsgStates = []queue.MessageState{queue.MsgQueued, queue.MsgDeferred, queue.MsgInflight, queue.MsgPaused, queue.MsgFailed}
 var allAccountStates = []tokens.State{tokens.Connected, tokens.NeedsReconnect, tokens.Misconfigured, tokens.NotConnected, tokens.SMTPAuthDisabled, tokens.SMTPAuthRefused}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.q.Stats()
 	accounts := c.tok.States()
 	for _, a := range accounts {
-		for _, s := range allMsgStates {
+		for _, s := range queue.MessageStates() {
 			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(st.ByAccount[a.Account][s]), string(s), a.Account)
 		}
 		for _, s := range allAccountStates {

@@ -164,9 +164,9 @@ func TestE2E_UncheckedQueuedAddressesStayOffTheWire(t *testing.T) {
 	})
 	// One message upstream: the mixed one, to its one valid recipient; then
 	// its bounce, to app@contoso.test. The bad sender gets no bounce.
-	msgs := h.fake.SMTP.WaitMessages(2, 20*time.Second)
+	h.fake.SMTP.WaitMessages(2, 20*time.Second)
 	time.Sleep(500 * time.Millisecond) // a wrong third message would come now
-	msgs = h.fake.SMTP.Messages()
+	msgs := h.fake.SMTP.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("upstream got %d messages: %+v", len(msgs), msgs)
 	}

@@ -54,6 +54,20 @@ func (q *Queue) Paused(account string) (string, bool) {
 // MessageState is a message's state as a whole, for listings.
 type MessageState string
 
+const (
+	MsgQueued   MessageState = "queued"   // not attempted yet
+	MsgDeferred MessageState = "deferred" // attempted, waiting for a retry
+	MsgInflight MessageState = "inflight" // being delivered now
+	MsgPaused   MessageState = "paused"   // its account is paused
+	MsgFailed   MessageState = "failed"   // finished with failures; in failed/
+)
+
+// MessageStates lists every state, in the order a message goes through
+// them (for filters, metrics and help texts).
+func MessageStates() []MessageState {
+	return []MessageState{MsgQueued, MsgInflight, MsgDeferred, MsgPaused, MsgFailed}
+}
+
 // Message is a message with its overall state.
 type Message struct {
 	*Meta

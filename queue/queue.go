@@ -144,8 +144,9 @@ type Options struct {
 	FailedRetention time.Duration
 	Logger          *slog.Logger
 	Now             func() time.Time
-	// StepHook is called between the write steps of Enqueue (crash tests).
-	StepHook func(step string)
+	// stepHook, set by this package's crash tests, is called between the
+	// write steps of Enqueue.
+	stepHook func(step string)
 	// InlineMax: bodies up to this many bytes are stored in the log with
 	// their meta; larger ones in msg/. 0 means 128 KiB.
 	InlineMax int
@@ -272,7 +273,7 @@ func Open(opts Options) (*Queue, error) {
 	if opts.ProbeMax <= 0 {
 		opts.ProbeMax = 30 * time.Second
 	}
-	st, err := openStore(opts.Dir, opts.StepHook, opts.Logger)
+	st, err := openStore(opts.Dir, opts.stepHook, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -824,11 +825,3 @@ func (q *Queue) Close(ctx context.Context) error {
 	q.store.close()
 	return nil
 }
-
-const (
-	MsgQueued   MessageState = "queued"   // not attempted yet
-	MsgDeferred MessageState = "deferred" // attempted, waiting for a retry
-	MsgInflight MessageState = "inflight" // being delivered now
-	MsgPaused   MessageState = "paused"   // its account is paused
-	MsgFailed   MessageState = "failed"   // finished with failures; in failed/
-)

@@ -202,21 +202,21 @@ func TestQueue_EnqueueIsAttemptedAtOnce(t *testing.T) {
 func TestQueue_CrashAtEveryWriteStep(t *testing.T) {
 	// From the record write on, the message is there after a restart (it
 	// had not been acknowledged yet at record-written, and may be delivered).
-	committed := map[string]bool{StepRecordWritten: true, StepRecordSynced: true}
+	committed := map[string]bool{stepRecordWritten: true, stepRecordSynced: true}
 	body := "Subject: crash\r\n\r\n" + strings.Repeat("x", 100000) + "\r\n"
 	for _, tc := range []struct {
 		name      string
 		inlineMax int
 		steps     []string
 	}{
-		{"inline", 0, []string{StepRecordWritten, StepRecordSynced}},
-		{"file", 1024, []string{StepBodyWritten, StepBodyStored, StepRecordWritten, StepRecordSynced}},
+		{"inline", 0, []string{stepRecordWritten, stepRecordSynced}},
+		{"file", 1024, []string{stepBodyWritten, stepBodyStored, stepRecordWritten, stepRecordSynced}},
 	} {
 		for _, step := range tc.steps {
 			t.Run(tc.name+"/"+step, func(t *testing.T) {
 				dir := t.TempDir()
 				blocked := newRecorder(func(d *Delivery) Result { return Result{PauseAccount: "test: hold"} })
-				q1, err := Open(Options{Dir: dir, Deliverer: blocked, Retry: fastRetry(), InlineMax: tc.inlineMax, StepHook: func(s string) {
+				q1, err := Open(Options{Dir: dir, Deliverer: blocked, Retry: fastRetry(), InlineMax: tc.inlineMax, stepHook: func(s string) {
 					if s == step {
 						runtime.Goexit() // the process dies here
 					}

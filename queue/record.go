@@ -244,14 +244,6 @@ type segScan struct {
 	torn bool
 }
 
-// end is the offset after the last intact record.
-func (sc *segScan) end() int {
-	if n := len(sc.records); n > 0 {
-		return sc.records[n-1].off + sc.records[n-1].size
-	}
-	return sc.format.start
-}
-
 var errNoSegmentHeader = errors.New("no segment header")
 
 // scanRecords reads every intact record of a segment's bytes in order. A

@@ -60,10 +60,10 @@ const (
 // Crash points reported to a store's step hook, in the order Enqueue passes
 // them. The body steps happen only for bodies stored in msg/.
 const (
-	StepBodyWritten   = "body-written"   // msg/ body written to tmp/
-	StepBodyStored    = "body-stored"    // fsynced, renamed into msg/, folder fsynced
-	StepRecordWritten = "record-written" // the log record is written, not yet synced
-	StepRecordSynced  = "record-synced"  // durable: Enqueue returns next
+	stepBodyWritten   = "body-written"   // msg/ body written to tmp/
+	stepBodyStored    = "body-stored"    // fsynced, renamed into msg/, folder fsynced
+	stepRecordWritten = "record-written" // the log record is written, not yet synced
+	stepRecordSynced  = "record-synced"  // durable: Enqueue returns next
 )
 
 const (
@@ -500,14 +500,14 @@ func (s *store) enqueueInline(id string, body []byte, meta func(int64) *Meta) (*
 	if err != nil {
 		return nil, err
 	}
-	s.hook(StepRecordWritten)
+	s.hook(stepRecordWritten)
 	if err := s.commit(g); err != nil {
 		// Unacknowledged: cancel it so it is not delivered after a restart
 		// either (best effort; the client will send it again).
 		s.cancel(id)
 		return nil, err
 	}
-	s.hook(StepRecordSynced)
+	s.hook(stepRecordSynced)
 	return m, nil
 }
 
@@ -538,7 +538,7 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 		}
 		return nil, diskErr(err)
 	}
-	s.hook(StepBodyWritten)
+	s.hook(stepBodyWritten)
 	body := s.path(dirMsg, id, ".eml")
 	if err := syncClose(f); err != nil {
 		os.Remove(tmp)
@@ -552,7 +552,7 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 		os.Remove(body)
 		return nil, diskErr(err)
 	}
-	s.hook(StepBodyStored)
+	s.hook(stepBodyStored)
 	m := meta(n)
 	if err := s.commitMeta(m); err != nil {
 		return nil, err
@@ -563,13 +563,13 @@ func (s *store) enqueueFile(id string, r io.Reader, meta func(int64) *Meta) (*Me
 // commitMeta writes the first record of a message whose body is durable in
 // msg/ (a large enqueue, a requeue): the commit point.
 func (s *store) commitMeta(m *Meta) error {
-	err := s.appendMeta(m, true, func() { s.hook(StepRecordWritten) })
+	err := s.appendMeta(m, true, func() { s.hook(stepRecordWritten) })
 	if err != nil {
 		s.cancel(m.ID)
 		os.Remove(s.path(dirMsg, m.ID, ".eml"))
 		return err
 	}
-	s.hook(StepRecordSynced)
+	s.hook(stepRecordSynced)
 	return nil
 }
 

@@ -11,13 +11,13 @@ import (
 
 // readData runs a dataReader over in and returns what it handed on, the
 // error Read ended with, and how much input it consumed (drain included).
-func readData(in []byte, maxBytes int64, maxLine int) (out []byte, err error, consumed int) {
+func readData(in []byte, maxBytes int64, maxLine int) (out []byte, consumed int, err error) {
 	src := bytes.NewReader(in)
 	br := bufio.NewReaderSize(src, 16) // small: the fast path meets buffer ends often
 	d := newDataReader(br, maxBytes, maxLine)
 	out, err = io.ReadAll(d)
 	d.drain()
-	return out, err, len(in) - src.Len() - br.Buffered()
+	return out, len(in) - src.Len() - br.Buffered(), err
 }
 
 // FuzzDataReader: whatever the client sends, the message ends exactly at
@@ -32,7 +32,7 @@ func FuzzDataReader(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte, maxLine int) {
 		maxLine = 1 + maxLine&0xff
-		out, err, consumed := readData(in, 0, 0)
+		out, consumed, err := readData(in, 0, 0)
 
 		// The end is the first CRLF.CRLF, DATA's own CRLF counting as the first.
 		end := bytes.Index(append([]byte("\r\n"), in...), []byte("\r\n.\r\n"))
@@ -53,7 +53,7 @@ func FuzzDataReader(f *testing.F) {
 		w := textproto.NewWriter(bufio.NewWriter(&wire)).DotWriter()
 		w.Write(content)
 		w.Close()
-		again, err, _ := readData(wire.Bytes(), 0, 0)
+		again, _, err := readData(wire.Bytes(), 0, 0)
 		if len(content) == 0 {
 			content = []byte("\r\n") // textproto sends an empty message as one empty line
 		}
@@ -62,7 +62,7 @@ func FuzzDataReader(f *testing.F) {
 		}
 
 		// Limits: past one, Read fails with it, and drain still finds the end.
-		limited, err, consumed2 := readData(in, 0, maxLine)
+		limited, consumed2, err := readData(in, 0, maxLine)
 		longest := 0
 		for _, l := range bytes.Split(out, []byte("\r\n")) {
 			longest = max(longest, len(l))

@@ -198,7 +198,7 @@ func (m *Manager) ConnectDevice(ctx context.Context, name string, show func(Devi
 			case "expired_token":
 				return "", errors.New("the code expired before the sign-in was completed; run the command again")
 			case "bad_verification_code":
-				return "", errors.New("Microsoft did not recognise the device code; run the command again")
+				return "", errors.New("the device code was not recognised by Microsoft; run the command again")
 			}
 			st, ex, _ := classify(err, a.Account, m.opts.RedirectURL)
 			return "", &AccountError{Account: name, State: st, Explanation: ex}

@@ -71,7 +71,7 @@ func (m *Manager) StartDeviceSignIn(name string) (DeviceSignIn, error) {
 	case err := <-failed:
 		return DeviceSignIn{}, err
 	case <-time.After(30 * time.Second):
-		return DeviceSignIn{}, errors.New("Microsoft did not issue a device code within 30 s; try again")
+		return DeviceSignIn{}, errors.New("no device code from Microsoft within 30 s; try again")
 	}
 }
 

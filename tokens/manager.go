@@ -27,11 +27,14 @@ const (
 	FlowClientCredentials = "client_credentials"
 )
 
-// Scopes (shared/M365.md). openid lets the relay show who consented.
-var (
-	DelegatedScopes = []string{"openid", "offline_access", "https://outlook.office.com/SMTP.Send"}
-	AppOnlyScopes   = []string{"https://outlook.office365.com/.default"}
-)
+// DelegatedScopes are what a sign-in asks for: SMTP.Send, a refresh token
+// (offline_access) and openid, which lets the relay show who consented.
+func DelegatedScopes() []string {
+	return []string{"openid", "offline_access", "https://outlook.office.com/SMTP.Send"}
+}
+
+// AppOnlyScopes are what a client-credentials token asks for.
+func AppOnlyScopes() []string { return []string{"https://outlook.office365.com/.default"} }
 
 // Account is one Microsoft 365 mailbox's app registration.
 type Account struct {
@@ -194,7 +197,7 @@ func NewManager(opts Options) (*Manager, error) {
 		ac := &account{Account: a}
 		if a.delegated() {
 			ac.oauth = &oauth2.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
-				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes}
+				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes()}
 			rec, ok, err := opts.Store.Get(a.Name)
 			if err != nil {
 				return nil, err
@@ -209,7 +212,7 @@ func NewManager(opts Options) (*Manager, error) {
 			}
 		} else {
 			ac.cc = &clientcredentials.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
-				TokenURL: a.endpoint().TokenURL, Scopes: AppOnlyScopes, AuthStyle: oauth2.AuthStyleInParams}
+				TokenURL: a.endpoint().TokenURL, Scopes: AppOnlyScopes(), AuthStyle: oauth2.AuthStyleInParams}
 			ac.state = Connected
 		}
 		m.accounts[a.Name] = ac

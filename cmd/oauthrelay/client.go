@@ -149,8 +149,20 @@ func newQueueCmd() *cobra.Command {
 		Short: "Inspect and manage the queue of a running relay (like postqueue)",
 	}
 	apiFlags(cmd)
+
+	cmd.AddCommand(newQueueListCmd(), newQueueShowCmd(), newQueueDumpCmd(),
+		queueAction("retry ID", "Try a message again now", "POST", "/api/queue/{id}/retry", cobra.ExactArgs(1)),
+		queueAction("delete ID", "Delete a message (live or failed) for good", "DELETE", "/api/queue/{id}", cobra.ExactArgs(1)),
+		queueAction("flush", "Try every waiting message now", "POST", "/api/queue/flush", cobra.NoArgs),
+		queueAction("requeue ID", "Send a failed message again (new ID, fresh retries)", "POST", "/api/failed/{id}/requeue", cobra.ExactArgs(1)),
+	)
+	return cmd
+}
+
+// newQueueListCmd is `queue list`.
+func newQueueListCmd() *cobra.Command {
 	list := &cobra.Command{
-		Use: "list", Short: "List messages (--state queued|deferred|inflight|paused|failed, --account NAME)", Args: cobra.NoArgs,
+		Use: "list", Short: fmt.Sprintf("List messages (--state %s, --account NAME)", queueStates()), Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := newAPIClient(cmd)
 			if err != nil {
@@ -186,7 +198,11 @@ func newQueueCmd() *cobra.Command {
 	}
 	list.Flags().String("state", "", "only messages in this state")
 	list.Flags().String("account", "", "only messages of this account")
+	return list
+}
 
+// newQueueShowCmd is `queue show ID`.
+func newQueueShowCmd() *cobra.Command {
 	show := &cobra.Command{
 		Use: "show ID", Short: "Show one message with each recipient's state and last reply", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -229,44 +245,51 @@ func newQueueCmd() *cobra.Command {
 			return nil
 		},
 	}
-	action := func(use, short, method, path string, args cobra.PositionalArgs) *cobra.Command {
-		return &cobra.Command{
-			Use: use, Short: short, Args: args,
-			RunE: func(cmd *cobra.Command, args []string) error {
-				a, err := newAPIClient(cmd)
-				if err != nil {
-					return err
+	return show
+}
+
+// queueAction is a queue command that POSTs or DELETEs one API call.
+func queueAction(use, short, method, path string, args cobra.PositionalArgs) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			p := path
+			if len(args) == 1 {
+				p = strings.Replace(path, "{id}", url.PathEscape(args[0]), 1)
+			}
+			var raw json.RawMessage
+			if err := a.call(method, p, &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var res map[string]any
+			json.Unmarshal(raw, &res)
+			switch {
+			case res["scheduled_now"] != nil:
+				fmt.Fprintf(cmd.OutOrStdout(), "%v message(s) will be tried now\n", res["scheduled_now"])
+				var fr queue.FlushResult
+				json.Unmarshal(raw, &fr)
+				for account, n := range fr.Paused {
+					fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) of account %s wait because it is paused: %s\n", n, account, fr.Why[account])
 				}
-				p := path
-				if len(args) == 1 {
-					p = strings.Replace(path, "{id}", url.PathEscape(args[0]), 1)
-				}
-				var raw json.RawMessage
-				if err := a.call(method, p, &raw); err != nil {
-					return err
-				}
-				if jsonFlag(cmd) {
-					return printJSON(cmd.OutOrStdout(), raw)
-				}
-				var res map[string]any
-				json.Unmarshal(raw, &res)
-				switch {
-				case res["scheduled_now"] != nil:
-					fmt.Fprintf(cmd.OutOrStdout(), "%v message(s) will be tried now\n", res["scheduled_now"])
-					var fr queue.FlushResult
-					json.Unmarshal(raw, &fr)
-					for account, n := range fr.Paused {
-						fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) of account %s wait because it is paused: %s\n", n, account, fr.Why[account])
-					}
-				case res["from"] != nil:
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v as %v\n", args[0], res["result"], res["id"])
-				default:
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", args[0], res["result"])
-				}
-				return nil
-			},
-		}
+			case res["from"] != nil:
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %v as %v\n", args[0], res["result"], res["id"])
+			default:
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", args[0], res["result"])
+			}
+			return nil
+		},
 	}
+}
+
+// newQueueDumpCmd is `queue dump`: the spool on disk, no server needed.
+func newQueueDumpCmd() *cobra.Command {
 	dump := &cobra.Command{
 		Use:   "dump [--spool DIR] [--body ID]",
 		Short: "Read the spool on disk (relay running or not): one JSON line per message, or a message's bytes",
@@ -317,14 +340,7 @@ With --body ID it writes that message's bytes as queued.`,
 	}
 	dump.Flags().String("spool", "", "spool folder (default: spool.dir of the configuration)")
 	dump.Flags().String("body", "", "print this message's bytes instead")
-
-	cmd.AddCommand(list, show, dump,
-		action("retry ID", "Try a message again now", "POST", "/api/queue/{id}/retry", cobra.ExactArgs(1)),
-		action("delete ID", "Delete a message (live or failed) for good", "DELETE", "/api/queue/{id}", cobra.ExactArgs(1)),
-		action("flush", "Try every waiting message now", "POST", "/api/queue/flush", cobra.NoArgs),
-		action("requeue ID", "Send a failed message again (new ID, fresh retries)", "POST", "/api/failed/{id}/requeue", cobra.ExactArgs(1)),
-	)
-	return cmd
+	return dump
 }
 
 func newAccountsCmd() *cobra.Command {
@@ -470,4 +486,13 @@ func newHealthCmd() *cobra.Command {
 	}
 	cmd.Flags().String("server", "", "admin base URL (default: from admin.addr)")
 	return cmd
+}
+
+// queueStates is "queued|inflight|…", for help texts.
+func queueStates() string {
+	var s []string
+	for _, st := range queue.MessageStates() {
+		s = append(s, string(st))
+	}
+	return strings.Join(s, "|")
 }

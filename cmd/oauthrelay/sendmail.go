@@ -153,7 +153,7 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		return exitError{code: exDataErr, err: fmt.Errorf("sendmail: %w", err)}
 	}
 	if len(msg.rcpts) == 0 {
-		return exitError{code: exUsage, err: errors.New("sendmail: no recipients: name them as arguments, or use -t to take them from To:, Cc: and Bcc:")}
+		return exitError{code: exUsage, err: errors.New("sendmail: no recipients: name them as arguments, or use -t to take them from the To, Cc and Bcc fields")}
 	}
 	if !strings.Contains(msg.from, "@") {
 		return exitError{code: exDataErr, err: fmt.Errorf("sendmail: sender %q has no domain, so no account can send it: pass -f you@your-domain (cron: MAILFROM=…), or give the message a From: header", msg.from)}

@@ -2,7 +2,9 @@ package admin
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/queue"
@@ -36,12 +38,10 @@ func (s *Server) apiAccounts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.opts.Accounts.States())
 }
 
-var validStates = map[string]bool{"": true, "queued": true, "deferred": true, "inflight": true, "paused": true, "failed": true}
-
 func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {
 	state := r.URL.Query().Get("state")
-	if !validStates[state] {
-		writeError(w, http.StatusBadRequest, "state must be one of queued, deferred, inflight, paused, failed")
+	if state != "" && !slices.Contains(queue.MessageStates(), queue.MessageState(state)) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("state must be one of %v", queue.MessageStates()))
 		return
 	}
 	msgs := s.opts.Queue.List(queue.Filter{State: queue.MessageState(state), Account: r.URL.Query().Get("account")})
