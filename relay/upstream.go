@@ -451,6 +451,17 @@ func (c deadlineConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// Close ends our side and waits (at most 2 s) for the server to close its
+// own, so that by the time a session's slot is free Microsoft has seen it
+// end: a new session never overlaps the old one there.
+func (c deadlineConn) Close() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok && tc.CloseWrite() == nil {
+		tc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(tc, 64<<10))
+	}
+	return c.Conn.Close()
+}
+
 // open connects to the upstream: TCP, TLS (STARTTLS or implicit), EHLO.
 // It refuses a connection without TLS unless InsecureAllowPlaintext. It
 // returns the TCP connection under the client too, to cut it if need be.
