@@ -52,6 +52,7 @@ type scriptedUpstream struct {
 	sessions int
 	auths    []string // the SASL initial responses, in order
 	mails    int
+	froms    []string // MAIL FROM paths, in order
 	rsets    int
 	bodies   []string
 }
@@ -131,6 +132,7 @@ func (s *scriptedSession) Mail(from string, _ *smtp.MailOptions) error {
 	up.mu.Lock()
 	n := up.mails
 	up.mails++
+	up.froms = append(up.froms, from)
 	up.mu.Unlock()
 	if n < len(up.script.mail) && up.script.mail[n] != nil {
 		return up.script.mail[n]
@@ -178,6 +180,7 @@ func (s *scriptedSession) Logout() error { return nil }
 // Invalidate makes the next token a fresh one ("token-2", …).
 type fakeTokens struct {
 	authErr   error
+	authPanic bool // Auth panics (a bug in delivery)
 	grants    tokens.Grants
 	grantsErr error
 
@@ -192,6 +195,9 @@ func (f *fakeTokens) Auth(_ context.Context, account string) (tokens.Credential,
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.authCalls++
+	if f.authPanic {
+		panic("fake bug")
+	}
 	if f.authErr != nil {
 		return tokens.Credential{}, f.authErr
 	}
@@ -273,7 +279,11 @@ func newDeliveryHarness(t *testing.T, up *Upstream) *deliveryHarness {
 // send enqueues a message to to and returns the result of its attempt.
 func (h *deliveryHarness) send(t *testing.T, to ...string) queue.Result {
 	t.Helper()
-	env := queue.Envelope{From: "app@contoso.test", To: to, Account: "helpdesk"}
+	return h.sendEnvelope(t, queue.Envelope{From: "app@contoso.test", To: to, Account: "helpdesk"})
+}
+
+func (h *deliveryHarness) sendEnvelope(t *testing.T, env queue.Envelope) queue.Result {
+	t.Helper()
 	if _, err := h.q.Enqueue(context.Background(), env, strings.NewReader(testMessage)); err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +298,12 @@ func (h *deliveryHarness) send(t *testing.T, to ...string) queue.Result {
 
 func newTestUpstream(t *testing.T, cfg UpstreamConfig, ts TokenSource, events UpstreamEvents) *Upstream {
 	t.Helper()
-	up := NewUpstream(cfg, []UpstreamAccount{{Name: "helpdesk", Mailbox: "helpdesk@contoso.test", Rewrite: "off"}},
+	return newTestUpstreamRewriting(t, cfg, ts, events, "off")
+}
+
+func newTestUpstreamRewriting(t *testing.T, cfg UpstreamConfig, ts TokenSource, events UpstreamEvents, rewrite string) *Upstream {
+	t.Helper()
+	up := NewUpstream(cfg, []UpstreamAccount{{Name: "helpdesk", Mailbox: "helpdesk@contoso.test", Rewrite: rewrite}},
 		ts, slog.New(slog.DiscardHandler), events)
 	t.Cleanup(up.Close)
 	return up
@@ -676,6 +691,55 @@ func TestUpstream_ThrottlingSlowsDownThenRecovers(t *testing.T) {
 	defer mu.Unlock()
 	if throttled != 3 {
 		t.Errorf("Throttled event %d times, want 3", throttled)
+	}
+}
+
+// A panic in delivery is recovered, counted, and the message deferred.
+func TestUpstream_PanicIsDeferred(t *testing.T) {
+	srv := startScriptedUpstream(t, upstreamScript{}, nil)
+	panics := make(chan string, 1)
+	up := newTestUpstream(t, testUpstreamConfig(srv.addr), &fakeTokens{authPanic: true},
+		UpstreamEvents{Panicked: func(account string) { panics <- account }})
+	res := newDeliveryHarness(t, up).send(t, "a@fabrikam.test")
+	if len(res.Recipients) != 1 || res.Recipients[0].Outcome != queue.Deferred || res.Recipients[0].Reply.Enhanced != "4.3.0" {
+		t.Errorf("got %+v, want the recipient deferred with 4.3.0", res)
+	}
+	if a := <-panics; a != "helpdesk" {
+		t.Errorf("Panicked(%q)", a)
+	}
+}
+
+// rewrite_sender: the envelope sender Microsoft sees is the mailbox when
+// rewriting, and for the null sender always (Microsoft accepts neither
+// <> nor a sender the mailbox may not send as); "from" rewrites the
+// From: header too.
+func TestUpstream_SenderRewriting(t *testing.T) {
+	for _, tt := range []struct {
+		rewrite, from string
+		wantFrom      string
+		wantHeader    string
+	}{
+		{"off", "app@contoso.test", "app@contoso.test", "From: app@contoso.test\r\n"},
+		{"off", "", "helpdesk@contoso.test", "From: app@contoso.test\r\n"},
+		{"envelope", "app@contoso.test", "helpdesk@contoso.test", "From: app@contoso.test\r\n"},
+		{"from", "app@contoso.test", "helpdesk@contoso.test", "From: helpdesk@contoso.test\r\nReply-To: app@contoso.test\r\n"},
+	} {
+		t.Run(tt.rewrite+" "+tt.from, func(t *testing.T) {
+			srv := startScriptedUpstream(t, upstreamScript{}, nil)
+			h := newDeliveryHarness(t, newTestUpstreamRewriting(t, testUpstreamConfig(srv.addr), &fakeTokens{}, UpstreamEvents{}, tt.rewrite))
+			res := h.sendEnvelope(t, queue.Envelope{From: tt.from, To: []string{"a@fabrikam.test"}, Account: "helpdesk"})
+			if len(res.Recipients) != 1 || res.Recipients[0].Outcome != queue.Delivered {
+				t.Fatalf("%+v", res)
+			}
+			srv.mu.Lock()
+			defer srv.mu.Unlock()
+			if !slices.Equal(srv.froms, []string{tt.wantFrom}) {
+				t.Errorf("MAIL FROM %q, want %q", srv.froms, tt.wantFrom)
+			}
+			if len(srv.bodies) != 1 || !strings.Contains(srv.bodies[0], tt.wantHeader) {
+				t.Errorf("body %q lacks %q", srv.bodies, tt.wantHeader)
+			}
+		})
 	}
 }
 
