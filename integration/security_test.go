@@ -48,6 +48,14 @@ func TestAdmin_GuessingIsLockedOut(t *testing.T) {
 	if code, _ := api(t, h, "GET", "/api/status", h.relay.AdminToken); code != 200 {
 		t.Errorf("the right token after the lock: %d", code)
 	}
+	// Requests without any token (a scraper without its credentials) are
+	// refused but lock nobody out: they are not guesses.
+	for range 20 {
+		api(t, h, "GET", "/metrics", "")
+	}
+	if code, _ := api(t, h, "GET", "/api/status", h.relay.AdminToken); code != 200 {
+		t.Errorf("the right token after requests without one: %d", code)
+	}
 	// The success forgot the failures: five wrong ones are free again.
 	for i := range 5 {
 		if code, _ := api(t, h, "GET", "/api/status", "wrong-again-0123456789"); code != 401 {
@@ -76,8 +84,8 @@ func TestAdmin_RequestBodiesAreCapped(t *testing.T) {
 	resp, err = http.DefaultClient.Do(req)
 	if err == nil {
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusSeeOther {
-			t.Errorf("10 MB chunked login form: %d", resp.StatusCode)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("10 MB chunked login form: %d, want 413", resp.StatusCode)
 		}
 	}
 }

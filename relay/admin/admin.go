@@ -204,6 +204,11 @@ func (s *Server) checkToken(w http.ResponseWriter, r *http.Request, given string
 		w.Header().Set("Retry-After", fmt.Sprint(int(left.Seconds())+1))
 		return false, left
 	}
+	if given == "" {
+		// No token at all is not a guess (a scraper or a browser without
+		// its header): refused, but it does not lock the address out.
+		return false, 0
+	}
 	if !equalSecret(given, s.opts.Token) {
 		s.lock.fail(ip)
 		return false, 0
@@ -279,6 +284,15 @@ func (s *Server) page(h http.HandlerFunc) http.Handler {
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("request body too large (at most %d bytes)", MaxRequestBody), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "bad form: "+err.Error(), http.StatusBadRequest)
+		return
+	}
 	if ok, locked := s.checkToken(w, r, r.PostFormValue("token")); !ok {
 		if locked > 0 {
 			renderLogin(w, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong tokens from this address: locked out for %s more.", locked.Round(time.Second)), safeNext(r.PostFormValue("next")))
