@@ -1,7 +1,11 @@
 // Command oauthrelay lets applications that only speak plain SMTP send mail
 // through Microsoft 365 with OAuth2 (XOAUTH2). This package is wiring only:
-// each subcommand reads the configuration and calls into relay, queue and
-// tokens.
+// serve and demo run the relay that package daemon assembles; the client
+// commands (accounts, queue, check, health, send, sendmail) talk to a running
+// relay over its admin API or SMTP listener. Two kinds of offline tool reach
+// into the components directly, by design: `queue dump` reads a spool with
+// queue.Inspect (relay running or not), and `connect` with no relay running
+// signs in through tokens itself (while serve runs it goes through serve).
 package main
 
 import (
