@@ -159,14 +159,29 @@ func (d *Upstream) Close() {
 	}
 	close(d.done)
 	d.wg.Wait()
+	// QUIT every pooled session at once; a server that does not answer
+	// within 5 s is cut off, so shutdown stays bounded whatever it does.
+	var idle []*upConn
 	for _, u := range d.accounts {
 		u.mu.Lock()
-		idle := u.idle
+		idle = append(idle, u.idle...)
 		u.idle = nil
 		u.mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for _, c := range idle {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.quit() }()
+	}
+	quitted := make(chan struct{})
+	go func() { wg.Wait(); close(quitted) }()
+	select {
+	case <-quitted:
+	case <-time.After(5 * time.Second):
 		for _, c := range idle {
-			c.quit()
+			c.raw.Close()
 		}
+		<-quitted
 	}
 }
 
