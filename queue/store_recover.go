@@ -76,7 +76,9 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte,
 		return nil, err
 	}
 	if int64(cap(*buf)) < info.Size() {
-		*buf = make([]byte, info.Size())
+		// Room for a full segment and its last record at once, so the
+		// buffer is not made again for each slightly larger segment.
+		*buf = make([]byte, 0, max(info.Size(), defaultSegmentMax+2*defaultInlineMax))
 	}
 	data := (*buf)[:info.Size()]
 	if _, err := io.ReadFull(f, data); err != nil {
