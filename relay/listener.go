@@ -46,6 +46,27 @@ type ListenerConfig struct {
 	Users map[string][]byte
 	// AuthRequired makes MAIL without AUTH fail with 530 5.7.0.
 	AuthRequired bool
+	// AuthLockoutBase and AuthLockoutMax are the first and the longest
+	// lock of an address after failed AUTHs (authLockout); 0: 1 s, 15 min.
+	AuthLockoutBase, AuthLockoutMax time.Duration
+
+	// MaxSessionsPerClient caps the sessions one client address may have
+	// open at once, so one host cannot take every slot (421 4.7.0); 0: no
+	// cap of its own.
+	MaxSessionsPerClient int
+	// MaxJunkCommands is how many commands a session may send without
+	// completing a message — NOOP, RSET, VRFY, HELP, HELO/EHLO and every
+	// refused command — before it is closed (421 4.7.0); a message
+	// accepted starts the count afresh. 0: no limit.
+	MaxJunkCommands int
+	// MaxSessionTime ends a session this old (421 4.7.0) when it next
+	// awaits a command; a message being received is finished first. 0: no
+	// limit.
+	MaxSessionTime time.Duration
+	// MaxDataTime bounds one DATA as a whole, however steadily the client
+	// sends (ReadTimeout bounds each read): past it 421 4.4.2 and nothing
+	// is queued. 0: no bound.
+	MaxDataTime time.Duration
 }
 
 // ListenerEvents receives what the listener does, for metrics. Any field may be nil.
@@ -66,11 +87,13 @@ type Listener struct {
 	events  ListenerEvents
 	active  atomic.Int64
 	serving atomic.Bool
+	lockout *authLockout
 
 	mu      sync.Mutex
 	closing bool
 	lns     []net.Listener
 	conns   map[*smtpConn]struct{}
+	clients map[netip.Addr]int // open sessions by client address
 	wg      sync.WaitGroup
 }
 
@@ -79,7 +102,9 @@ const defaultMaxRecipients = 100
 
 // NewListener builds a listener that queues into q, routing by router.
 func NewListener(cfg ListenerConfig, q Enqueuer, router *Router, log *slog.Logger, events ListenerEvents) *Listener {
-	return &Listener{cfg: cfg, q: q, router: router, log: log, events: events, conns: map[*smtpConn]struct{}{}}
+	return &Listener{cfg: cfg, q: q, router: router, log: log, events: events,
+		lockout: newAuthLockout(cfg.AuthLockoutBase, cfg.AuthLockoutMax, log),
+		conns:   map[*smtpConn]struct{}{}, clients: map[netip.Addr]int{}}
 }
 
 func (l *Listener) maxRecipients() int {
@@ -213,15 +238,41 @@ func (g *guardedListener) Accept() (net.Conn, error) {
 			l.log.Warn("smtp: connection refused: not in allowed_networks", "client", ip.String())
 			continue
 		}
+		if !l.claimClientSlot(ip) {
+			l.reject(c, "client_sessions", "421 4.7.0 Too many connections from your address, try again later")
+			l.log.Debug("smtp: connection refused: the client has listen.max_sessions_per_client sessions open", "client", ip.String())
+			continue
+		}
 		if n := l.active.Add(1); l.cfg.MaxSessions > 0 && n > int64(l.cfg.MaxSessions) {
 			l.active.Add(-1)
+			l.releaseClientSlot(ip)
 			l.reject(c, "sessions", "421 4.7.0 too many connections, try again later")
 			continue
 		}
 		if l.events.Session != nil {
 			l.events.Session()
 		}
-		return &countedConn{Conn: c, done: func() { l.active.Add(-1) }}, nil
+		return &countedConn{Conn: c, done: func() { l.active.Add(-1); l.releaseClientSlot(ip) }}, nil
+	}
+}
+
+// claimClientSlot counts a session from ip, unless ip already has
+// MaxSessionsPerClient open.
+func (l *Listener) claimClientSlot(ip netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := l.cfg.MaxSessionsPerClient; n > 0 && l.clients[ip] >= n {
+		return false
+	}
+	l.clients[ip]++
+	return true
+}
+
+func (l *Listener) releaseClientSlot(ip netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.clients[ip]--; l.clients[ip] <= 0 {
+		delete(l.clients, ip)
 	}
 }
 
@@ -289,8 +340,10 @@ var (
 	errAuthRequired  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	errEncryptionReq = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism: use STARTTLS"}
 	errAuthFailed    = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	errDiskTrouble   = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage; try again later"}
-	errTooBig        = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}
+	// errAuthLocked: RFC 4954 6 gives 454 4.7.0 for a temporary failure.
+	errAuthLocked  = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentication attempts from your address; try again later"}
+	errDiskTrouble = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage; try again later"}
+	errTooBig      = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}
 )
 
 func (s *session) reject(reason string, err *smtp.SMTPError) error {
@@ -320,15 +373,23 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	if !s.c.isTLS && !s.remote.IsLoopback() {
 		return nil, errEncryptionReq
 	}
+	if s.l.lockout.locked(s.remote) {
+		return nil, errAuthLocked
+	}
+	// check runs in the session's goroutine, never the accept loop: bcrypt
+	// takes its time on purpose.
 	check := func(user, pass string) error {
+		if s.l.lockout.locked(s.remote) { // a lock begun during the exchange
+			return errAuthLocked
+		}
 		hash, ok := s.l.cfg.Users[user]
 		if !ok {
 			bcrypt.CompareHashAndPassword(dummyHash, []byte(pass)) // same time for unknown users
-			return s.reject("auth", errAuthFailed)
+			return errAuthFailed
 		}
 		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
 			s.l.log.Warn("smtp: authentication failed", "client", s.remote.String(), "user", user)
-			return s.reject("auth", errAuthFailed)
+			return errAuthFailed
 		}
 		s.authUser = user
 		return nil
@@ -345,6 +406,25 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		return &loginServer{check: check}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// AuthFailed counts a failed AUTH (wrong or malformed credentials, or one
+// refused during a lockout) and returns the reply. Each failure outside a
+// lock brings the address nearer its next lock.
+func (s *session) AuthFailed(err error) error {
+	if err != errAuthLocked {
+		s.l.lockout.fail(s.remote)
+	}
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		se = errAuthFailed
+	}
+	return s.reject("auth", se)
+}
+
+// AuthSucceeded forgets the address's failed AUTHs.
+func (s *session) AuthSucceeded() {
+	s.l.lockout.success(s.remote)
 }
 
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay"), bcrypt.MinCost)

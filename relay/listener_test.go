@@ -544,16 +544,16 @@ func TestListener_AuthExchange(t *testing.T) {
 	c.expect("235 2.7.0", "%s", b64("pw"))
 	c.expect("503 5.5.1", "AUTH PLAIN %s", b64("\x00app\x00pw")) // once per session
 
-	// Guessing passwords ends the session after maxErrors tries.
+	// Guessing passwords ends the session after maxAuthFailures tries.
 	g := dialSMTP(t, addr)
 	g.expect("250", "EHLO guesser.test")
-	for range maxErrors - 1 {
+	for range maxAuthFailures - 1 {
 		g.expect("535 5.7.8", "AUTH PLAIN %s", b64("\x00app\x00guess"))
 	}
 	if r := g.cmd("AUTH PLAIN %s", b64("\x00app\x00guess")); !strings.HasPrefix(r, "535 5.7.8") {
 		t.Fatalf("got %q", r)
 	}
 	if r := g.read(); !strings.HasPrefix(r, "421 4.7.0") {
-		t.Errorf("after %d failed AUTH: %q", maxErrors, r)
+		t.Errorf("after %d failed AUTH: %q", maxAuthFailures, r)
 	}
 }

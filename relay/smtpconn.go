@@ -38,7 +38,14 @@ type smtpConn struct {
 
 	helo string // the client's HELO/EHLO argument, as sent
 	ehlo bool   // greeted with EHLO: service extensions may be used
-	errs int    // syntax errors so far
+
+	// What the session has used of its limits; STARTTLS keeps them.
+	errs      int       // syntax errors so far
+	authFails int       // failed AUTHs so far
+	junk      int       // commands since the last message accepted (MaxJunkCommands)
+	lastCode  int       // the code of the last reply written
+	endsAt    time.Time // MaxSessionTime reached; zero: never
+	dataEnds  time.Time // the message being received must be in by then (MaxDataTime); zero: no bound
 
 	// The open mail transaction, if any.
 	inTx   bool
@@ -62,6 +69,9 @@ const (
 	maxDataLine = 128 << 10
 	// maxErrors syntax errors end a session (a client talking nonsense).
 	maxErrors = 10
+	// maxAuthFailures failed AUTHs end a session; the address's lockout
+	// (authLockout) slows it down across sessions.
+	maxAuthFailures = 5
 )
 
 var (
@@ -71,6 +81,9 @@ var (
 
 func newSMTPConn(l *Listener, nc net.Conn) *smtpConn {
 	c := &smtpConn{l: l, nc: nc, remote: remoteIP(nc)}
+	if t := l.cfg.MaxSessionTime; t > 0 {
+		c.endsAt = time.Now().Add(t)
+	}
 	c.br = bufio.NewReaderSize(connReader{c}, 64<<10)
 	c.bw = bufio.NewWriter(nc)
 	c.sess = l.newSession(c)
@@ -91,38 +104,86 @@ func (c *smtpConn) serve() {
 	for {
 		line, err := c.readLine()
 		tooLong := errors.Is(err, errLineTooLong)
-		switch {
-		case err == nil, tooLong:
-		case errors.Is(err, errShuttingDown) || c.isClosing():
-			c.reply(421, smtp.EnhancedCode{4, 3, 2}, c.l.cfg.Hostname+" Service shutting down, try again later")
-			return
-		case isTimeout(err):
-			c.reply(421, smtp.EnhancedCode{4, 4, 2}, c.l.cfg.Hostname+" Timeout waiting for a command, closing connection")
-			return
-		default:
+		if err != nil && !tooLong {
+			c.readFailed(err)
 			return
 		}
 		if c.isClosing() {
 			c.reply(421, smtp.EnhancedCode{4, 3, 2}, c.l.cfg.Hostname+" Service shutting down, try again later")
 			return
 		}
+		if c.sessionOver() {
+			c.sessionTimeUp()
+			return
+		}
+		verb, _, _ := strings.Cut(line, " ")
+		verb = strings.ToUpper(verb)
+		if n := c.l.cfg.MaxJunkCommands; n > 0 && c.junk >= n && verb != "QUIT" {
+			c.refuse("junk_commands", 421, smtp.EnhancedCode{4, 7, 0}, c.l.cfg.Hostname+" Too many commands without mail; closing connection")
+			c.l.log.Warn("smtp: session closed: too many commands without mail (listen.max_junk_commands)", "client", c.remote.String(), "commands", c.junk)
+			return
+		}
+		c.lastCode = 0
 		if tooLong {
 			c.tooLong(line)
-		} else if !c.handle(line) {
+		} else if !c.handle(verb, line) {
 			return
+		}
+		if isJunk(verb, c.lastCode) {
+			c.junk++
 		}
 		if c.errs >= maxErrors {
 			c.reply(421, smtp.EnhancedCode{4, 7, 0}, c.l.cfg.Hostname+" Too many errors, closing connection")
 			return
 		}
+		if c.authFails >= maxAuthFailures {
+			c.reply(421, smtp.EnhancedCode{4, 7, 0}, fmt.Sprintf("%s Too many failed authentication attempts (%d); closing connection", c.l.cfg.Hostname, c.authFails))
+			return
+		}
 	}
 }
 
-// handle runs one command; false ends the session.
-func (c *smtpConn) handle(line string) bool {
-	verb, arg, _ := strings.Cut(line, " ")
+// isJunk says whether a command counts against MaxJunkCommands: all but
+// the steps of a transaction (MAIL, RCPT, DATA), AUTH and STARTTLS that
+// succeed, and QUIT. A refused command always counts.
+func isJunk(verb string, code int) bool {
+	switch verb {
+	case "MAIL", "RCPT", "DATA", "AUTH", "STARTTLS":
+		return code >= 400 || code == 0
+	case "QUIT":
+		return false
+	}
+	return true
+}
+
+// readFailed answers a command (or AUTH response) that could not be read;
+// the session ends.
+func (c *smtpConn) readFailed(err error) {
+	switch {
+	case errors.Is(err, errShuttingDown) || c.isClosing():
+		c.reply(421, smtp.EnhancedCode{4, 3, 2}, c.l.cfg.Hostname+" Service shutting down, try again later")
+	case isTimeout(err) && c.sessionOver():
+		c.sessionTimeUp()
+	case isTimeout(err):
+		c.reply(421, smtp.EnhancedCode{4, 4, 2}, c.l.cfg.Hostname+" Timeout waiting for a command, closing connection")
+	}
+}
+
+// sessionOver reports whether the session has reached MaxSessionTime.
+func (c *smtpConn) sessionOver() bool {
+	return !c.endsAt.IsZero() && !time.Now().Before(c.endsAt)
+}
+
+func (c *smtpConn) sessionTimeUp() {
+	c.refuse("session_time", 421, smtp.EnhancedCode{4, 7, 0}, fmt.Sprintf("%s Session time limit reached (%s); closing connection", c.l.cfg.Hostname, c.l.cfg.MaxSessionTime))
+	c.l.log.Info("smtp: session closed at its time limit (listen.max_session_time)", "client", c.remote.String(), "limit", c.l.cfg.MaxSessionTime.String())
+}
+
+// handle runs one command, verb in upper case; false ends the session.
+func (c *smtpConn) handle(verb, line string) bool {
+	_, arg, _ := strings.Cut(line, " ")
 	arg = strings.Trim(arg, " \t")
-	switch strings.ToUpper(verb) {
+	switch verb {
 	case "EHLO":
 		c.hello(true, arg)
 	case "HELO":
@@ -149,7 +210,7 @@ func (c *smtpConn) handle(line string) bool {
 		// RFC 5321 3.5.3: 252 when the server does not verify.
 		c.reply(252, smtp.EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message and attempt delivery")
 	case "AUTH":
-		c.auth(arg)
+		return c.auth(arg)
 	case "STARTTLS":
 		return c.startTLS(arg)
 	case "BDAT":
@@ -294,18 +355,32 @@ func (c *smtpConn) data(arg string) bool {
 		return true
 	}
 	c.reply(354, smtp.NoEnhancedCode, "Start mail input; end with <CRLF>.<CRLF>")
+	if t := c.l.cfg.MaxDataTime; t > 0 {
+		c.dataEnds = time.Now().Add(t)
+	}
 	r := newDataReader(c.br, c.l.cfg.MaxMessageBytes, maxDataLine)
 	err := c.sess.Data(r)
 	readErr := r.drain()
+	late := !c.dataEnds.IsZero() && !time.Now().Before(c.dataEnds)
+	c.dataEnds = time.Time{}
 	c.resetTx()
 	if readErr != nil {
-		if isTimeout(readErr) {
+		switch {
+		case isTimeout(readErr) && late:
+			// Nothing was queued: the queue saw the read fail.
+			c.refuse("data_time", 421, smtp.EnhancedCode{4, 4, 2}, fmt.Sprintf("%s Message not received within %s; closing connection", c.l.cfg.Hostname, c.l.cfg.MaxDataTime))
+			c.l.log.Warn("smtp: message not received within listen.max_data_time; nothing queued", "client", c.remote.String(), "limit", c.l.cfg.MaxDataTime.String())
+		case isTimeout(readErr):
 			c.reply(421, smtp.EnhancedCode{4, 4, 2}, c.l.cfg.Hostname+" Timeout during DATA, closing connection")
 		}
 		return false
 	}
 	if r.limitErr != nil {
 		err = r.limitErr
+	}
+	var se *smtp.SMTPError
+	if err == nil || errors.As(err, &se) && se.Code == 250 {
+		c.junk = 0 // a message accepted: the session is doing what it is for
 	}
 	if err != nil {
 		c.replyErr(err)
@@ -315,66 +390,72 @@ func (c *smtpConn) data(arg string) bool {
 	return true
 }
 
-// auth runs an AUTH exchange (RFC 4954).
-func (c *smtpConn) auth(arg string) {
+// auth runs an AUTH exchange (RFC 4954); false ends the session (the
+// connection failed). A failed AUTH counts towards maxAuthFailures, and
+// the session tells the address's lockout.
+func (c *smtpConn) auth(arg string) bool {
 	switch {
 	case !c.ehlo:
 		c.reply(503, smtp.EnhancedCode{5, 5, 1}, "Send EHLO first")
-		return
+		return true
 	case c.sess.authUser != "":
 		c.reply(503, smtp.EnhancedCode{5, 5, 1}, "Already authenticated")
-		return
+		return true
 	case c.inTx:
 		c.reply(503, smtp.EnhancedCode{5, 5, 1}, "AUTH is not permitted during a mail transaction")
-		return
+		return true
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	if mech == "" {
 		c.reply(501, smtp.EnhancedCode{5, 5, 4}, "Syntax: AUTH mechanism [initial-response]")
-		return
+		return true
 	}
 	srv, err := c.sess.Auth(strings.ToUpper(mech))
+	if err == errAuthLocked {
+		c.authFails++
+		c.replyErr(c.sess.AuthFailed(err))
+		return true
+	}
 	if err != nil {
 		c.replyErr(err)
-		return
+		return true
 	}
 	var resp []byte
 	if hasIR {
 		if resp, err = decodeSASL(strings.TrimSpace(ir)); err != nil {
 			c.reply(501, smtp.EnhancedCode{5, 5, 2}, "Invalid base64 data")
-			return
+			return true
 		}
 	}
 	for {
 		challenge, done, err := srv.Next(resp)
 		if err != nil {
-			var se *smtp.SMTPError
-			if !errors.As(err, &se) {
-				se = errAuthFailed
-			}
-			c.errs++ // a session guessing passwords ends after maxErrors
-			c.replyErr(se)
-			return
+			c.authFails++
+			c.replyErr(c.sess.AuthFailed(err))
+			return true
 		}
 		if done {
+			c.sess.AuthSucceeded()
 			c.reply(235, smtp.EnhancedCode{2, 7, 0}, "Authentication successful")
-			return
+			return true
 		}
 		c.replyLines(334, []string{base64.StdEncoding.EncodeToString(challenge)})
 		line, err := c.readLine()
+		if errors.Is(err, errLineTooLong) {
+			c.reply(500, smtp.EnhancedCode{5, 5, 6}, "Authentication exchange line is too long")
+			return true
+		}
 		if err != nil {
-			if errors.Is(err, errLineTooLong) {
-				c.reply(500, smtp.EnhancedCode{5, 5, 6}, "Authentication exchange line is too long")
-			}
-			return
+			c.readFailed(err)
+			return false
 		}
 		if line == "*" {
 			c.reply(501, smtp.EnhancedCode{5, 0, 0}, "Authentication cancelled")
-			return
+			return true
 		}
 		if resp, err = decodeSASL(line); err != nil {
 			c.reply(501, smtp.EnhancedCode{5, 5, 2}, "Invalid base64 data")
-			return
+			return true
 		}
 	}
 }
@@ -514,6 +595,7 @@ func (c *smtpConn) replyLines(code int, lines []string) {
 		}
 		c.bw.WriteString(strconv.Itoa(code) + sep + replySafe(l) + "\r\n")
 	}
+	c.lastCode = code
 	if t := c.l.cfg.WriteTimeout; t > 0 {
 		c.conn().SetWriteDeadline(time.Now().Add(t))
 	}
@@ -578,11 +660,7 @@ func (r connReader) Read(p []byte) (int, error) {
 		return 0, errShuttingDown
 	}
 	nc := c.nc
-	if t := c.l.cfg.ReadTimeout; t > 0 {
-		nc.SetReadDeadline(time.Now().Add(t))
-	} else {
-		nc.SetReadDeadline(time.Time{})
-	}
+	nc.SetReadDeadline(c.readDeadline())
 	c.waiting = c.command
 	c.mu.Unlock()
 	n, err := nc.Read(p)
@@ -590,6 +668,24 @@ func (r connReader) Read(p []byte) (int, error) {
 	c.waiting = false
 	c.mu.Unlock()
 	return n, err
+}
+
+// readDeadline is when the next read times out: ReadTimeout from now,
+// brought forward to the end of the session while a command is awaited,
+// and to the end of MaxDataTime while a message is read. Zero: never.
+func (c *smtpConn) readDeadline() time.Time {
+	var d time.Time
+	if t := c.l.cfg.ReadTimeout; t > 0 {
+		d = time.Now().Add(t)
+	}
+	end := c.dataEnds
+	if c.command {
+		end = c.endsAt
+	}
+	if !end.IsZero() && (d.IsZero() || end.Before(d)) {
+		d = end
+	}
+	return d
 }
 
 func isTimeout(err error) bool {
