@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -67,6 +68,10 @@ type ListenerConfig struct {
 	// sends (ReadTimeout bounds each read): past it 421 4.4.2 and nothing
 	// is queued. 0: no bound.
 	MaxDataTime time.Duration
+	// NullSenderAccount takes mail from the null sender <> (bounces, DSNs)
+	// whose From: header no route matches; such mail is routed once its
+	// header is read. Empty: <> routes only through a "*" pattern.
+	NullSenderAccount string
 }
 
 // ListenerEvents receives what the listener does, for metrics. Any field may be nil.
@@ -462,11 +467,14 @@ func (s *session) Mail(from Address, p mailParams) error {
 	if p.size > 0 && s.l.cfg.MaxMessageBytes > 0 && p.size > s.l.cfg.MaxMessageBytes {
 		return s.reject("size", errTooBig)
 	}
-	account, ok := s.l.router.Route(from)
-	if !ok {
-		s.l.log.Warn("smtp: sender refused: no account routes it", "client", s.remote.String(), "sender", from.String())
-		return s.reject("unrouted_sender", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: fmt.Sprintf("sender <%s> is not permitted: no account routes it", from)})
+	account := "" // the null sender's is chosen by its header (nullsender.go)
+	if !from.IsNull() || s.l.cfg.NullSenderAccount == "" {
+		var ok bool
+		if account, ok = s.l.router.Route(from); !ok {
+			s.l.log.Warn("smtp: sender refused: no account routes it", "client", s.remote.String(), "sender", from.String())
+			return s.reject("unrouted_sender", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+				Message: fmt.Sprintf("sender <%s> is not permitted: no account routes it", from)})
+		}
 	}
 	s.from, s.account, s.smtputf8, s.eightBit = from, account, p.smtputf8, p.eightBit
 	return nil
@@ -480,12 +488,18 @@ func (s *session) Rcpt(to Address) error {
 // Data queues the message r reads. It returns the reply: 250 with the
 // queue ID, or why the message was not taken.
 func (s *session) Data(r *dataReader) error {
+	var body io.Reader = r
+	if s.account == "" {
+		head, account, by := s.routeNullSender(r)
+		s.account, body = account, io.MultiReader(bytes.NewReader(head), r)
+		s.l.log.Debug("smtp: null sender routed", "client", s.remote.String(), "account", account, "by", by)
+	}
 	env := queue.Envelope{
 		From: s.from.String(), To: s.to, Account: s.account,
 		SMTPUTF8: s.smtputf8, EightBit: s.eightBit,
 		ClientAddr: s.remote.String(),
 	}
-	id, err := s.l.q.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(s.received()), r))
+	id, err := s.l.q.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(s.received()), body))
 	if err != nil {
 		switch {
 		case r.limitErr == errTooBig:

@@ -366,3 +366,50 @@ func TestListener_DataTimeIsBounded(t *testing.T) {
 		t.Errorf("refusals %v", r.refusals)
 	}
 }
+
+// The null sender <> (bounces, DSNs) is accepted and routed by the From:
+// header's address, else to NullSenderAccount; the message is queued
+// whole, its envelope sender still <>.
+func TestListener_NullSenderRoutedByFromHeader(t *testing.T) {
+	routes := []Route{
+		{Account: "helpdesk", Patterns: []string{"helpdesk@contoso.test"}},
+		{Account: "fabrikam", Patterns: []string{"*@fabrikam.test"}},
+	}
+	r := newLimitsRig(t, routes, func(c *ListenerConfig) { c.NullSenderAccount = "helpdesk" })
+	longHeader := "X-Long: " + strings.Repeat("y", 70<<10) + "\r\n"
+	for _, tt := range []struct{ name, data, account string }{
+		{"From: routes", "From: Mail Delivery System <MAILER-DAEMON@fabrikam.test>\r\nSubject: Undelivered Mail\r\n\r\nbody\r\n", "fabrikam"},
+		{"folded From:", "Subject: x\r\nfrom:\r\n  \"Postmaster\"\r\n  <postmaster@FABRIKAM.test>\r\n\r\nbody\r\n", "fabrikam"},
+		{"From: no route matches", "From: MAILER-DAEMON@satellite.example (Mail Delivery System)\r\n\r\nbody\r\n", "helpdesk"},
+		{"no From:", "Subject: no from\r\n\r\nFrom: a@fabrikam.test\r\n", "helpdesk"},
+		{"no header", "\r\nFrom: a@fabrikam.test\r\n", "helpdesk"},
+		{"From: past 64 KiB", longHeader + "From: a@fabrikam.test\r\n\r\nbody\r\n", "helpdesk"},
+		{"unparsable From:", "From: <<<\r\n\r\nbody\r\n", "helpdesk"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialSMTP(t, r.addr)
+			c.expect("250", "EHLO satellite.test")
+			c.expect("250 2.1.0", "MAIL FROM:<>")
+			c.expect("250", "RCPT TO:<app@contoso.test>")
+			c.expect("354", "DATA")
+			c.raw(tt.data + ".\r\n")
+			if got := c.read(); !strings.HasPrefix(got, "250 2.0.0") {
+				t.Fatalf("got %q", got)
+			}
+			msgs := r.q.messages()
+			m := msgs[len(msgs)-1]
+			if m.env.From != "" || m.env.Account != tt.account {
+				t.Errorf("queued from %q for account %q, want <> for %q", m.env.From, m.env.Account, tt.account)
+			}
+			if string(m.body) != tt.data {
+				t.Errorf("queued body differs from what was sent:\n%.200q\nwant\n%.200q", m.body, tt.data)
+			}
+		})
+	}
+
+	// Without a NullSenderAccount, <> routes only through "*", as before.
+	plain := newLimitsRig(t, routes, nil)
+	c := dialSMTP(t, plain.addr)
+	c.expect("250", "EHLO satellite.test")
+	c.expect("550 5.7.1", "MAIL FROM:<>")
+}

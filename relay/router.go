@@ -26,6 +26,8 @@ func NewRouter(routes []Route) *Router {
 // Route returns the account for sender (the zero Address is the null
 // sender, matched only by "*"), and whether one matched. It compares the
 // parsed parts, so an "@domain" inside a quoted local part routes nothing.
+// The listener routes mail from the null sender by its From: header when
+// it has a NullSenderAccount to fall back on (nullsender.go).
 func (r *Router) Route(sender Address) (string, bool) {
 	local, domain := strings.ToLower(sender.Local), strings.ToLower(sender.Domain)
 	for _, rt := range r.routes {
