@@ -51,11 +51,60 @@ type Listen struct {
 	// MaxRecipients per message. RFC 5321 4.5.3.1.8: at least 100.
 	MaxRecipients int `yaml:"max_recipients"`
 	// MaxSessions caps concurrent SMTP sessions; more get 421 4.7.0.
-	MaxSessions  int           `yaml:"max_sessions"`
+	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerClient caps the sessions one client address may have
+	// open, so one host cannot take every slot; 0: half of MaxSessions
+	// (SessionsPerClient).
+	MaxSessionsPerClient int `yaml:"max_sessions_per_client"`
+	// MaxJunkCommands is how many commands a session may send without
+	// completing a message (NOOP, RSET, VRFY, HELP, EHLO, refused ones)
+	// before it is closed; Postfix's smtpd_junk_command_limit.
+	MaxJunkCommands int `yaml:"max_junk_commands"`
+	// MaxSessionTime closes a session this old (after a message being
+	// received).
+	MaxSessionTime time.Duration `yaml:"max_session_time"`
+	// ReadTimeout bounds each read (a command, or the next octets of a
+	// message); WriteTimeout each reply.
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
-	TLS          ListenTLS     `yaml:"tls"`
-	Auth         ListenAuth    `yaml:"auth"`
+	// MaxDataTime bounds a whole DATA; 0: derived from MaxMessageBytes
+	// (DataTime).
+	MaxDataTime time.Duration `yaml:"max_data_time"`
+	// NullSenderAccount takes mail from the null sender <> (bounces, DSNs)
+	// whose From: no account's senders match; "": the first account.
+	NullSenderAccount string     `yaml:"null_sender_account"`
+	TLS               ListenTLS  `yaml:"tls"`
+	Auth              ListenAuth `yaml:"auth"`
+}
+
+// SessionsPerClient is listen.max_sessions_per_client, or for 0 half of
+// listen.max_sessions (at least 1).
+func (l Listen) SessionsPerClient() int {
+	if l.MaxSessionsPerClient > 0 {
+		return l.MaxSessionsPerClient
+	}
+	return max(l.MaxSessions/2, 1)
+}
+
+// DataTime is listen.max_data_time, or for 0 one minute per MiB of
+// listen.max_message_bytes (a link of about 140 kbit/s), at least 10
+// minutes: 35 minutes for the default 35 MiB. It grows with the size
+// limit, so raising that never cuts off a big message on a slow link.
+func (l Listen) DataTime() time.Duration {
+	if l.MaxDataTime > 0 {
+		return l.MaxDataTime
+	}
+	const mib = 1 << 20
+	minutes := (l.MaxMessageBytes + mib - 1) / mib
+	return max(time.Duration(minutes)*time.Minute, 10*time.Minute)
+}
+
+// NullSenderAccount is listen.null_sender_account, or the first account.
+func (c *Config) NullSenderAccount() string {
+	if c.Listen.NullSenderAccount != "" || len(c.Accounts) == 0 {
+		return c.Listen.NullSenderAccount
+	}
+	return c.Accounts[0].Name
 }
 
 // ListenTLS enables STARTTLS on the listener when both files are set.
@@ -191,6 +240,8 @@ func Default() Config {
 			MaxMessageBytes: 35 << 20,
 			MaxRecipients:   100,
 			MaxSessions:     100,
+			MaxJunkCommands: 100, // Postfix's smtpd_junk_command_limit
+			MaxSessionTime:  time.Hour,
 			ReadTimeout:     5 * time.Minute, // RFC 5321 4.5.3.2.7
 			WriteTimeout:    5 * time.Minute,
 		},

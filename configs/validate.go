@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -80,8 +81,29 @@ func Validate(c *Config) Problems {
 	if c.Listen.MaxSessions < 1 {
 		add("listen.max_sessions", "must be at least 1 — e.g. 100")
 	}
+	if n := c.Listen.MaxSessionsPerClient; n < 0 {
+		add("listen.max_sessions_per_client", "must be 0 (half of listen.max_sessions) or at least 1 — e.g. 50")
+	} else if m := c.Listen.MaxSessions; m >= 1 && n > m {
+		add("listen.max_sessions_per_client", "%d is more than listen.max_sessions (%d): one host could take every session — at most %d, or 0 for half of it", n, m, m)
+	}
+	if c.Listen.MaxJunkCommands < 10 {
+		add("listen.max_junk_commands", "must be at least 10 (a client may well send EHLO, STARTTLS, EHLO, AUTH, RSET and NOOP before its mail) — e.g. 100")
+	}
+	if c.Listen.MaxSessionTime <= 0 {
+		add("listen.max_session_time", "must be positive — e.g. 1h")
+	}
 	if c.Listen.ReadTimeout <= 0 || c.Listen.WriteTimeout <= 0 {
 		add("listen.read_timeout", "read_timeout and write_timeout must be positive — e.g. 5m")
+	}
+	if c.Listen.MaxDataTime < 0 {
+		add("listen.max_data_time", "must be positive, or 0 for one minute per MiB of listen.max_message_bytes (at least 10m) — e.g. 35m")
+	}
+	if a := c.Listen.NullSenderAccount; a != "" && !slices.ContainsFunc(c.Accounts, func(acc Account) bool { return acc.Name == a }) {
+		var names []string
+		for _, acc := range c.Accounts {
+			names = append(names, acc.Name)
+		}
+		add("listen.null_sender_account", "%q is not an account — name one of [%s], or leave it empty for the first", a, strings.Join(names, ", "))
 	}
 	if (c.Listen.TLS.CertFile == "") != (c.Listen.TLS.KeyFile == "") {
 		add("listen.tls", "cert_file and key_file go together — set both to enable STARTTLS, or neither")
