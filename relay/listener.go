@@ -57,8 +57,9 @@ type ListenerConfig struct {
 	MaxSessionsPerClient int
 	// MaxJunkCommands is how many commands a session may send without
 	// completing a message — NOOP, RSET, VRFY, HELP, HELO/EHLO and every
-	// refused command — before it is closed (421 4.7.0); a message
-	// accepted starts the count afresh. 0: no limit.
+	// refused command (a refused RCPT only past a message's first
+	// MaxRecipients) — before it is closed (421 4.7.0); a message accepted
+	// starts the count afresh. 0: no limit.
 	MaxJunkCommands int
 	// MaxSessionTime ends a session this old (421 4.7.0) when it next
 	// awaits a command; a message being received is finished first. 0: no
@@ -76,9 +77,19 @@ type ListenerConfig struct {
 
 // ListenerEvents receives what the listener does, for metrics. Any field may be nil.
 type ListenerEvents struct {
-	Session  func()
+	Session func()
+	// Rejected gets one of RejectionReasons.
 	Rejected func(reason string)
 	Accepted func(account string, size int64)
+}
+
+// RejectionReasons lists the reasons ListenerEvents.Rejected is given:
+// a connection refused (network, sessions, client_sessions), a session
+// ended (junk_commands, session_time, data_time), a command or message
+// refused (the rest). Each failed AUTH is one "auth".
+func RejectionReasons() []string {
+	return []string{"network", "sessions", "client_sessions", "junk_commands", "session_time", "data_time",
+		"address", "recipients", "unrouted_sender", "size", "line_length", "auth", "auth_required", "disk"}
 }
 
 // Listener is the SMTP server applications send to. smtpConn

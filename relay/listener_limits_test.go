@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"net/textproto"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -202,11 +205,26 @@ func TestListener_CommandsWithoutMailEndTheSession(t *testing.T) {
 	if !closedByServer(c) {
 		t.Error("the connection stays open after 421")
 	}
-	if r.refused("junk_commands") != 1 {
-		t.Errorf("refusals %v", r.refusals)
-	}
 	if n := len(r.q.messages()); n != 1 {
 		t.Errorf("queued %d", n)
+	}
+
+	// Recipients refused within a message's first 100 RCPTs are a client's
+	// mistakes and do not count; RCPTs past them do.
+	c = dialSMTP(t, r.addr)
+	c.expect("250", "EHLO client.test") // 1
+	c.expect("250", "MAIL FROM:<a@contoso.test>")
+	for range 100 {
+		c.expect("553 5.1.3", "RCPT TO:<a b@example.com>")
+	}
+	for range 99 {
+		c.expect("553 5.1.3", "RCPT TO:<a b@example.com>") // 2…100
+	}
+	if got := c.cmd("RCPT TO:<b@example.com>"); !strings.HasPrefix(got, "421 4.7.0") {
+		t.Fatalf("past 100 refused RCPTs and 100 commands without mail: %q", got)
+	}
+	if r.refused("junk_commands") != 2 {
+		t.Errorf("refusals %v", r.refusals)
 	}
 }
 
@@ -412,4 +430,37 @@ func TestListener_NullSenderRoutedByFromHeader(t *testing.T) {
 	c := dialSMTP(t, plain.addr)
 	c.expect("250", "EHLO satellite.test")
 	c.expect("550 5.7.1", "MAIL FROM:<>")
+}
+
+// Every reason the listener counts is listed, so metrics show each from
+// the start (at 0) and the README's list can be checked against one place.
+func TestRejectionReasons_ListsEveryReasonCounted(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, r := range RejectionReasons() {
+		listed[r] = true
+	}
+	used := regexp.MustCompile(`(?:reject|refuse)\((?:c, )?"([a-z_]+)"`)
+	seen := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range used.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			if !listed[m[1]] {
+				t.Errorf("%s counts reason %q, which RejectionReasons does not list", f, m[1])
+			}
+		}
+	}
+	if seen < len(listed) {
+		t.Errorf("found %d uses of %d reasons: is the pattern still right?", seen, len(listed))
+	}
 }

@@ -48,9 +48,10 @@ type smtpConn struct {
 	dataEnds  time.Time // the message being received must be in by then (MaxDataTime); zero: no bound
 
 	// The open mail transaction, if any.
-	inTx   bool
-	txUTF8 bool // its MAIL had SMTPUTF8
-	rcpts  int
+	inTx      bool
+	txUTF8    bool // its MAIL had SMTPUTF8
+	rcpts     int  // recipients accepted
+	rcptTries int  // RCPT commands, refused ones too
 
 	command bool // reading a command line (not DATA): Shutdown may interrupt
 
@@ -124,12 +125,15 @@ func (c *smtpConn) serve() {
 			return
 		}
 		c.lastCode = 0
+		if verb == "RCPT" && c.inTx {
+			c.rcptTries++
+		}
 		if tooLong {
 			c.tooLong(line)
 		} else if !c.handle(verb, line) {
 			return
 		}
-		if isJunk(verb, c.lastCode) {
+		if c.isJunk(verb) {
 			c.junk++
 		}
 		if c.errs >= maxErrors {
@@ -143,13 +147,19 @@ func (c *smtpConn) serve() {
 	}
 }
 
-// isJunk says whether a command counts against MaxJunkCommands: all but
-// the steps of a transaction (MAIL, RCPT, DATA), AUTH and STARTTLS that
-// succeed, and QUIT. A refused command always counts.
-func isJunk(verb string, code int) bool {
+// isJunk says whether the command just answered counts against
+// MaxJunkCommands: all but the steps of a transaction (MAIL, RCPT, DATA),
+// AUTH and STARTTLS that succeed, and QUIT. A refused command counts, but
+// for a message's first maxRecipients RCPTs: a recipient refused among
+// them is a client's mistake (RFC 5321 4.5.3.1.8 lets a message have 100),
+// not idling.
+func (c *smtpConn) isJunk(verb string) bool {
+	refused := c.lastCode >= 400 || c.lastCode == 0
 	switch verb {
-	case "MAIL", "RCPT", "DATA", "AUTH", "STARTTLS":
-		return code >= 400 || code == 0
+	case "RCPT":
+		return refused && (!c.inTx || c.rcptTries > c.l.maxRecipients())
+	case "MAIL", "DATA", "AUTH", "STARTTLS":
+		return refused
 	case "QUIT":
 		return false
 	}
@@ -296,7 +306,7 @@ func (c *smtpConn) mail(arg string) {
 		c.replyErr(err)
 		return
 	}
-	c.inTx, c.txUTF8, c.rcpts = true, p.smtputf8, 0
+	c.inTx, c.txUTF8, c.rcpts, c.rcptTries = true, p.smtputf8, 0, 0
 	c.reply(250, smtp.EnhancedCode{2, 1, 0}, "Sender OK")
 }
 
@@ -506,7 +516,7 @@ func (c *smtpConn) startTLS(arg string) bool {
 }
 
 func (c *smtpConn) resetTx() {
-	c.inTx, c.txUTF8, c.rcpts = false, false, 0
+	c.inTx, c.txUTF8, c.rcpts, c.rcptTries = false, false, 0, 0
 	c.sess.Reset()
 }
 
