@@ -346,8 +346,11 @@ func listenerConfig(c *configs.Config) (relay.ListenerConfig, error) {
 	lc := relay.ListenerConfig{
 		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
 		MaxRecipients: c.Listen.MaxRecipients, MaxSessions: c.Listen.MaxSessions,
+		MaxSessionsPerClient: c.Listen.SessionsPerClient(), MaxJunkCommands: c.Listen.MaxJunkCommands,
+		MaxSessionTime: c.Listen.MaxSessionTime, MaxDataTime: c.Listen.DataTime(),
 		ReadTimeout: c.Listen.ReadTimeout, WriteTimeout: c.Listen.WriteTimeout,
-		AuthRequired: c.Listen.Auth.Required,
+		AuthRequired:      c.Listen.Auth.Required,
+		NullSenderAccount: c.NullSenderAccount(),
 	}
 	for _, n := range c.Listen.AllowedNetworks {
 		p, err := configs.ParseNetwork(n)

@@ -44,7 +44,10 @@ func NewMetrics() *Metrics {
 	}
 	m.sessions = prometheus.NewCounter(prometheus.CounterOpts{Name: "oauthrelay_smtp_sessions_total", Help: "SMTP sessions accepted by the listener."})
 	m.reg.MustRegister(m.sessions)
-	m.rejections = f("oauthrelay_smtp_rejections_total", "SMTP connections, commands or messages refused, by reason.", "reason")
+	m.rejections = f("oauthrelay_smtp_rejections_total", "SMTP connections, sessions, commands or messages refused, by reason.", "reason")
+	for _, r := range relay.RejectionReasons() {
+		m.rejections.WithLabelValues(r) // each reason shows from the start, at 0, so rate() sees its first
+	}
 	m.accepted = f("oauthrelay_messages_accepted_total", "Messages accepted (250 after fsync), by account.", "account")
 	m.acceptedB = f("oauthrelay_messages_accepted_bytes_total", "Bytes of messages accepted, by account.", "account")
 	m.delivered = f("oauthrelay_messages_delivered_total", "Messages from clients accepted by Microsoft 365, by account (DSNs we send count in messages_bounced and upstream_messages).", "account")
