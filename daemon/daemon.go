@@ -185,7 +185,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 	adm, err := admin.New(admin.Options{
 		Token: r.AdminToken, PublicURL: AdminPublicURL(c), Version: hooks.Version,
-		Queue: r.Queue, Accounts: r.Tokens, Metrics: r.Metrics.Handler(),
+		Queue: r.Queue, Accounts: accounts{r.Tokens, r.Upstream}, Metrics: r.Metrics.Handler(),
 		ListenerUp: func() error { return r.Listener.Accepting() },
 		Explain: func(rep queue.Reply, account, sender string) string {
 			return relay.ExplainReply(rep, r.Tokens.Mailbox(account), sender)

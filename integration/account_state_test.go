@@ -93,7 +93,19 @@ func TestE2E_SMTPAuthDisabledShowsEverywhereAndTryAgainReleases(t *testing.T) {
 	if _, body := api(t, h, "POST", "/api/queue/flush", tok); !strings.Contains(body, `"scheduled_now": 0`) || !strings.Contains(body, `"helpdesk": 1`) {
 		t.Errorf("flush: %s", body)
 	}
-	// Still broken: try again says so and the mail stays.
+	// Still broken: try again says so and the mail stays held — no
+	// delivery tries a login Microsoft refuses.
+	authsBefore, _ := h.fake.SMTP.Auths()
+	if code, body := api(t, h, "POST", "/api/accounts/helpdesk/retry", tok); code != http.StatusConflict || !strings.Contains(body, "still refused") {
+		t.Errorf("try again while still refused: %d %s", code, body)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if after, _ := h.fake.SMTP.Auths(); after != authsBefore+1 {
+		t.Errorf("try again while refused made %d logins upstream, want only its own one", after-authsBefore)
+	}
+	if m, _ := h.relay.Queue.Get(id); m.State != queue.MsgPaused {
+		t.Errorf("message %s after a refused try again, want paused", m.State)
+	}
 	h.fake.SMTP.SetAuthDisabled(mailbox, false)
 	code, body := api(t, h, "POST", "/api/accounts/helpdesk/retry", tok)
 	if code != 200 || !strings.Contains(body, "resumed") {

@@ -80,7 +80,7 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 	}
 	add(CheckStep{Step: "connect", OK: true, Detail: "connected to " + d.cfg.Addr + " (" + tlsNote + ")"})
 
-	cred, err := d.tokens.Auth(ctx, account)
+	cred, err := d.tokens.Credential(ctx, account)
 	if err == nil {
 		err = c.Auth(cred.SASL)
 	}
@@ -154,4 +154,34 @@ func tlsVersion(v uint16) string {
 		return "1.2"
 	}
 	return fmt.Sprintf("0x%04x", v)
+}
+
+// TryLogin signs in to the upstream as account with a fresh token and
+// QUITs, without sending: Try again uses it, for an account Microsoft
+// refused, before it lets the account's mail go. It returns Microsoft's
+// refusal (*smtp.SMTPError) or what stopped it.
+func (d *Upstream) TryLogin(ctx context.Context, account string) error {
+	u, ok := d.accounts[account]
+	if !ok {
+		return fmt.Errorf("no account named %s", account)
+	}
+	if err := d.acquire(ctx, u); err != nil {
+		return err
+	}
+	defer func() { <-u.sessions }()
+	c, _, aerr := d.open(ctx)
+	if aerr != nil {
+		return fmt.Errorf("cannot reach %s: %s", d.cfg.Addr, aerr.reply)
+	}
+	d.tokens.Invalidate(account)
+	cred, err := d.tokens.Credential(ctx, account)
+	if err == nil {
+		err = c.Auth(cred.SASL)
+	}
+	if err != nil {
+		c.Close()
+		return err
+	}
+	c.Quit()
+	return nil
 }

@@ -25,6 +25,9 @@ import (
 // leaves it, only a ready SASL client does.
 type TokenSource interface {
 	Auth(ctx context.Context, account string) (tokens.Credential, error)
+	// Credential is Auth even while Microsoft refuses the account (the
+	// check and Try again must see whether it still does).
+	Credential(ctx context.Context, account string) (tokens.Credential, error)
 	// Grants reads what the account's token allows (the pre-flight check).
 	Grants(ctx context.Context, account string) (tokens.Grants, error)
 	Invalidate(account string)

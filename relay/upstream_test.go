@@ -206,6 +206,11 @@ func (f *fakeTokens) Auth(_ context.Context, account string) (tokens.Credential,
 		Expiry: time.Now().Add(time.Hour), Fingerprint: "fp-" + tok}, nil
 }
 
+// Credential is Auth for the check and Try again (the fake keeps no state).
+func (f *fakeTokens) Credential(ctx context.Context, account string) (tokens.Credential, error) {
+	return f.Auth(ctx, account)
+}
+
 func (f *fakeTokens) Grants(context.Context, string) (tokens.Grants, error) {
 	return f.grants, f.grantsErr
 }

@@ -21,9 +21,26 @@ type Credential struct {
 }
 
 // Auth returns a credential for account's mailbox, from the cache when it
-// can (see Token). SMTP delivery uses it today; IMAP and POP3 sign in the
-// same way.
+// can (see Token), for a delivery. While Microsoft refuses the account's
+// login (SMTPAuthDisabled, SMTPAuthRefused) it returns an *AccountError
+// instead: a delivery that was already lined up does not try a login that
+// will fail (repeated failed logins get a mailbox throttled). SMTP delivery
+// uses it today; IMAP and POP3 sign in the same way.
 func (m *Manager) Auth(ctx context.Context, account string) (Credential, error) {
+	if a, ok := m.accounts[account]; ok {
+		a.mu.Lock()
+		st, ex := a.state, a.expl
+		a.mu.Unlock()
+		if smtpState(st) {
+			return Credential{}, &AccountError{Account: account, State: st, Explanation: ex}
+		}
+	}
+	return m.Credential(ctx, account)
+}
+
+// Credential is Auth whatever the account's state: for the pre-flight
+// check and Try again, which must see whether Microsoft still refuses.
+func (m *Manager) Credential(ctx context.Context, account string) (Credential, error) {
 	tok, err := m.Token(ctx, account)
 	if err != nil {
 		return Credential{}, err
