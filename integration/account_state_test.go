@@ -249,6 +249,17 @@ func TestAdmin_DeviceCodeAccountConnectsOnThePage(t *testing.T) {
 	if st := h.relay.Tokens.State("helpdesk"); st.State != tokens.Connected {
 		t.Errorf("state %s", st.State)
 	}
+	// Its Connect link (as the log, the webhook and `connect` print it)
+	// shows a code too, never the redirect flow.
+	resp, err = browser.Get(base + "/connect/helpdesk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), `id="user-code"`) || !strings.Contains(string(page), "as <strong>"+mailbox) {
+		t.Errorf("a device_code account's Connect link:\n%s", page)
+	}
 	resp, err = browser.PostForm(base+"/ui/accounts/helpdesk/test", url.Values{"csrf": {csrf}})
 	if err != nil {
 		t.Fatal(err)

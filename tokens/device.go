@@ -11,7 +11,8 @@ import (
 // service's own process then writes its own keysafe.
 type DeviceSignIn struct {
 	Account         string    `json:"account"`
-	Status          string    `json:"status"` // pending, connected, failed
+	Mailbox         string    `json:"mailbox"` // whom to sign in as
+	Status          string    `json:"status"`  // pending, connected, failed
 	UserCode        string    `json:"user_code,omitempty"`
 	VerificationURI string    `json:"verification_uri,omitempty"`
 	Message         string    `json:"message,omitempty"`
@@ -46,7 +47,7 @@ func (m *Manager) StartDeviceSignIn(name string) (DeviceSignIn, error) {
 		defer cancel()
 		upn, err := m.ConnectDevice(ctx, name, func(dc DeviceCode) {
 			m.pendMu.Lock()
-			m.devices[name] = &DeviceSignIn{Account: name, Status: "pending", UserCode: dc.UserCode,
+			m.devices[name] = &DeviceSignIn{Account: name, Mailbox: a.Mailbox, Status: "pending", UserCode: dc.UserCode,
 				VerificationURI: dc.VerificationURI, Message: dc.Message, Expires: dc.Expires}
 			m.pendMu.Unlock()
 			shown <- dc

@@ -122,7 +122,18 @@ func New(opts Options) (*Server, error) {
 	m.Handle("POST /ui/accounts/{name}/device", s.page(s.uiDeviceStart))
 	m.Handle("GET /ui/accounts/{name}/device", s.page(s.uiDeviceStatus))
 	connect := opts.Accounts.ConnectHandler()
-	m.Handle("GET /connect/{account}", s.page(connect.ServeHTTP))
+	m.Handle("GET /connect/{account}", s.page(func(w http.ResponseWriter, r *http.Request) {
+		// A device_code account's Connect link (in the log, the webhook,
+		// `connect`) shows the code on the page: its app may have no
+		// redirect URI for the authorization-code flow.
+		for _, a := range s.opts.Accounts.States() {
+			if a.Account == r.PathValue("account") && a.Flow == tokens.FlowDeviceCode {
+				s.uiDeviceStart(w, r.WithContext(r.Context()))
+				return
+			}
+		}
+		connect.ServeHTTP(w, r)
+	}))
 	m.Handle("GET /oauth/callback", connect) // guarded by its single-use state
 
 	m.Handle("GET /api/status", s.api(s.apiStatus))

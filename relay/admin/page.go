@@ -92,6 +92,9 @@ func (s *Server) uiAccountTest(w http.ResponseWriter, r *http.Request) {
 // asks Microsoft for a code and the page shows it.
 func (s *Server) uiDeviceStart(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if name == "" {
+		name = r.PathValue("account") // reached by its Connect link
+	}
 	if _, err := s.opts.Accounts.StartDeviceSignIn(name); err != nil {
 		http.Redirect(w, r, "/?msg="+url.QueryEscape("Could not start the sign-in for "+name+": "+err.Error()), http.StatusSeeOther)
 		return
@@ -372,7 +375,7 @@ var deviceTmpl = template.Must(template.New("device").Parse(`<!doctype html>
 {{if eq .Status "pending"}}<h2>Connect {{.Account}}</h2>
 <p>On any device, open <a href="{{.VerificationURI}}" target="_blank" rel="noopener"><code>{{.VerificationURI}}</code></a>, enter the code</p>
 <p style="font-size:2rem;letter-spacing:.2rem" id="user-code"><strong>{{.UserCode}}</strong></p>
-<p>and sign in. This page updates by itself; the code expires at {{.Expires.Format "15:04 MST"}}.</p>
+<p>and sign in{{if .Mailbox}} as <strong>{{.Mailbox}}</strong>{{end}}. This page updates by itself; the code expires at {{.Expires.Format "15:04 MST"}}.</p>
 {{else if eq .Status "connected"}}<h2 id="device-result">Connected{{if .Warning}} — but check who signed in{{end}}</h2>
 <p>{{.Account}} is connected{{if .SignedInAs}} as {{.SignedInAs}}{{end}}; its mail flows now.</p>
 {{if .Warning}}<div class="flash warn">You {{.Warning}}.</div>{{end}}
