@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +45,16 @@ func TestE2E_OutageCostsNoRetries(t *testing.T) {
 	}
 	if _, body := api(t, h, "GET", "/api/status", h.relay.AdminToken); !strings.Contains(body, "upstream_down") {
 		t.Errorf("/api/status does not show the outage: %s", body)
+	}
+	// Retry and flush say the mail is held, not "scheduled".
+	if code, body := api(t, h, "POST", "/api/queue/"+ids[0]+"/retry", h.relay.AdminToken); code != http.StatusConflict || !strings.Contains(body, "cannot be reached") {
+		t.Errorf("retry during an outage: %d %s", code, body)
+	}
+	if _, body := api(t, h, "POST", "/api/queue/flush", h.relay.AdminToken); !strings.Contains(body, `"held"`) {
+		t.Errorf("flush during an outage: %s", body)
+	}
+	if m, _ := h.relay.Queue.Get(ids[0]); !strings.Contains(m.Held, "next probe") {
+		t.Errorf("queue show during an outage: held %q", m.Held)
 	}
 	probesBefore := h.fake.SMTP.Connections()
 	h.fake.SMTP.SetDown(false)

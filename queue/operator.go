@@ -73,6 +73,9 @@ type Message struct {
 	*Meta
 	State        MessageState `json:"state"`
 	PausedReason string       `json:"paused_reason,omitempty"`
+	// Held says why a message that is due is not being sent (Microsoft
+	// 365 cannot be reached); empty otherwise.
+	Held string `json:"held,omitempty"`
 }
 
 // Filter selects messages; empty fields match everything.
@@ -100,7 +103,17 @@ func (q *Queue) describe(it *item) Message {
 	if msg.State == MsgPaused {
 		msg.PausedReason = q.paused[it.meta.Account]
 	}
+	if q.outage != nil && msg.State != MsgPaused && msg.State != MsgInflight {
+		msg.Held = q.outageWords()
+	}
 	return msg
+}
+
+// outageWords says what an outage means for a message; caller holds q.mu.
+func (q *Queue) outageWords() string {
+	o := q.outage
+	return fmt.Sprintf("Microsoft 365 cannot be reached since %s (%s); all mail is held without using attempts and goes out as soon as a probe gets through (next probe in %s)",
+		o.since.UTC().Format("15:04:05 MST"), o.reason, max(o.probeAt.Sub(q.now()), 0).Round(time.Second))
 }
 
 // List returns the messages matching f, oldest first.
@@ -167,6 +180,11 @@ func (q *Queue) RetryNow(id string) error {
 		q.mu.Unlock()
 		return pausedError(it.meta.Account, reason)
 	}
+	if q.outage != nil {
+		words := q.outageWords()
+		q.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrHeld, words)
+	}
 	if it.where == inHeap {
 		it.next = q.now()
 		heap.Fix(&q.waiting, it.index)
@@ -189,6 +207,9 @@ type FlushResult struct {
 	// Why says why and what to do.
 	Paused map[string]int    `json:"paused,omitempty"`
 	Why    map[string]string `json:"why,omitempty"`
+	// Held, when set, says that nothing can be sent now: Microsoft 365
+	// cannot be reached (Scheduled counts what goes out once it can).
+	Held string `json:"held,omitempty"`
 }
 
 // Flush makes every live message due at once, except those of paused
@@ -212,6 +233,9 @@ func (q *Queue) Flush() FlushResult {
 		res.Scheduled++
 	}
 	heap.Init(&q.waiting)
+	if q.outage != nil {
+		res.Held = q.outageWords()
+	}
 	q.mu.Unlock()
 	q.poke()
 	return res

@@ -170,6 +170,9 @@ var (
 	// ErrPaused: the message's account is paused; retrying the message
 	// cannot move it (the error says why and what to do).
 	ErrPaused = errors.New("account paused")
+	// ErrHeld: Microsoft 365 cannot be reached; nothing is sent until a
+	// probe gets through (the error says since when and the next probe).
+	ErrHeld = errors.New("held")
 )
 
 // Queue is the durable queue and its scheduler.

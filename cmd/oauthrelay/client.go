@@ -137,6 +137,9 @@ func lastReply(m queue.Message) string {
 			return s
 		}
 	}
+	if m.Held != "" {
+		return "held: " + m.Held
+	}
 	if m.PausedReason != "" {
 		return "paused: " + m.PausedReason
 	}
@@ -228,6 +231,9 @@ func newQueueShowCmd() *cobra.Command {
 			if m.State != queue.MsgFailed && m.State != queue.MsgPaused {
 				fmt.Fprintf(w, "next:      %s (%s)\n", m.NextAttempt.Format(time.RFC3339), when(m.NextAttempt))
 			}
+			if m.Held != "" {
+				fmt.Fprintf(w, "held:      %s\n", m.Held)
+			}
 			if m.PausedReason != "" {
 				fmt.Fprintf(w, "paused:    %s\n", m.PausedReason)
 			}
@@ -272,9 +278,13 @@ func queueAction(use, short, method, path string, args cobra.PositionalArgs) *co
 			json.Unmarshal(raw, &res)
 			switch {
 			case res["scheduled_now"] != nil:
-				fmt.Fprintf(cmd.OutOrStdout(), "%v message(s) will be tried now\n", res["scheduled_now"])
 				var fr queue.FlushResult
 				json.Unmarshal(raw, &fr)
+				if fr.Held != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) will go as soon as Microsoft 365 can be reached: %s\n", fr.Scheduled, fr.Held)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) will be tried now\n", fr.Scheduled)
+				}
 				for account, n := range fr.Paused {
 					fmt.Fprintf(cmd.OutOrStdout(), "%d message(s) of account %s wait because it is paused: %s\n", n, account, fr.Why[account])
 				}

@@ -56,7 +56,7 @@ func opError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, queue.ErrBusy), errors.Is(err, queue.ErrPaused):
+	case errors.Is(err, queue.ErrBusy), errors.Is(err, queue.ErrPaused), errors.Is(err, queue.ErrHeld):
 		writeError(w, http.StatusConflict, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())

@@ -47,6 +47,9 @@ func (s *Server) uiAction(w http.ResponseWriter, r *http.Request) {
 	case strings.HasSuffix(r.URL.Path, "/flush"):
 		res := s.opts.Queue.Flush()
 		msg = fmt.Sprintf("%d messages will be tried now.", res.Scheduled)
+		if res.Held != "" {
+			msg = fmt.Sprintf("%d messages will go as soon as Microsoft 365 can be reached: %s.", res.Scheduled, res.Held)
+		}
 		for account, n := range res.Paused {
 			msg += fmt.Sprintf(" %d of account %s wait because it is paused: %s.", n, account, res.Why[account])
 		}
