@@ -78,6 +78,9 @@ func TestCLI_SendmailAsCronAndPHPUseIt(t *testing.T) {
 	if out, code := run("Subject: x\n\nbody\n", "-f", "root", "ops@example.com"); code != 65 || !strings.Contains(out, "has no domain") {
 		t.Errorf("sender without a domain: exit %d: %s", code, out)
 	}
+	if out, code := run("Subject: x\n\nbody\n", "-f", mailbox+">\r\nRCPT TO:<inj@evil.example", "ops@example.com"); code != 65 || !strings.Contains(out, "control character") {
+		t.Errorf("a sender with CR LF: exit %d: %s", code, out)
+	}
 	if out, code := run("Subject: x\n\nbody\n", "-f", "app@not-routed.example", "ops@example.com"); code != 69 {
 		t.Errorf("a sender no account routes: exit %d: %s", code, out)
 	}
@@ -107,6 +110,10 @@ func TestCLI_SendReadsPipedStdin(t *testing.T) {
 	cmd.Stdin = strings.NewReader("hello from a pipe\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
+	}
+	bad := exec.Command(binary, "send", "--config", file, "--from", mailbox, "--to", "bob@example.com", "--subject", "hi\r\nBcc: injected@evil.example")
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "line break") {
+		t.Errorf("send with a line break in --subject: %v %s", err, out)
 	}
 	msgs := fake.SMTP.WaitMessages(1, 10*time.Second)
 	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "hello from a pipe") || !strings.Contains(string(msgs[0].Data), "Subject: oauthrelay test message") {

@@ -34,6 +34,11 @@ message is composed.`,
 			if from == "" || len(to) == 0 {
 				return exitError{code: 2, err: errors.New("--from and --to are required")}
 			}
+			for _, v := range append([]string{from, subject}, to...) {
+				if strings.ContainsAny(v, "\r\n\x00") {
+					return exitError{code: 2, err: fmt.Errorf("%q holds a line break or NUL: --from, --to and --subject are one line each", v)}
+				}
+			}
 			if server == "" {
 				loaded, err := mustLoad(func() (*configs.Loaded, error) { return loadConfig(cmd) })
 				if err != nil {

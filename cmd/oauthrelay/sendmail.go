@@ -155,6 +155,11 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	if len(msg.rcpts) == 0 {
 		return exitError{code: exUsage, err: errors.New("sendmail: no recipients: name them as arguments, or use -t to take them from the To, Cc and Bcc fields")}
 	}
+	for _, ad := range append([]string{msg.from}, msg.rcpts...) {
+		if strings.ContainsFunc(ad, func(r rune) bool { return r < ' ' || r == 0x7f || r == '<' || r == '>' }) {
+			return exitError{code: exDataErr, err: fmt.Errorf("sendmail: address %q holds a control character or <>: not an address", ad)}
+		}
+	}
 	if !strings.Contains(msg.from, "@") {
 		return exitError{code: exDataErr, err: fmt.Errorf("sendmail: sender %q has no domain, so no account can send it: pass -f you@your-domain (cron: MAILFROM=…), or give the message a From: header", msg.from)}
 	}
