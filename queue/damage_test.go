@@ -120,6 +120,10 @@ func TestStore_DamagedRecordKeepsTheRecordsAfterIt(t *testing.T) {
 			if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "damaged log segment") {
 				t.Errorf("damage not logged as an error: %s", logs.String())
 			}
+			// The log names the message the damage cost.
+			if !strings.Contains(logs.String(), "lost to the damage") || !strings.Contains(logs.String(), "id="+ids[0]) {
+				t.Errorf("the lost message is not named: %s", logs.String())
+			}
 		})
 	}
 }
@@ -203,7 +207,7 @@ func FuzzRecover(f *testing.F) {
 		// Recovery's reading of the segment, without the disk (fast enough
 		// to fuzz; the tests above go through the files).
 		live := map[string]*scanned{}
-		if _, err := applyRecords(log, 1, live, func(int64, []byte, error) {}); err != nil {
+		if _, err := applyRecords(log, 1, live, nil, func(int64, []byte, error) {}); err != nil {
 			if len(log) >= segHeader {
 				t.Fatal(err)
 			}

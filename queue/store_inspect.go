@@ -81,7 +81,7 @@ func inspectLog(dir string) (map[string]*scanned, error) {
 	byID := map[string]*scanned{}
 	var buf []byte
 	for _, seq := range seqs {
-		scanSegment(s.segPath(seq), seq, byID, &buf, func(int64, []byte, error) {})
+		scanSegment(s.segPath(seq), seq, byID, nil, &buf, func(int64, []byte, error) {})
 	}
 	return byID, nil
 }

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +66,7 @@ type scanned struct {
 // scanSegment reads the segment at path and applies its intact records,
 // in order, to live. buf is reused between segments. A record whose
 // checksum holds but whose meta cannot be read is handed to bad.
-func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte, bad func(off int64, raw []byte, why error)) (*segScan, error) {
+func scanSegment(path string, seq uint64, live map[string]*scanned, removed map[string]bool, buf *[]byte, bad func(off int64, raw []byte, why error)) (*segScan, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -84,12 +85,13 @@ func scanSegment(path string, seq uint64, live map[string]*scanned, buf *[]byte,
 	if _, err := io.ReadFull(f, data); err != nil {
 		return nil, err
 	}
-	return applyRecords(data, seq, live, bad)
+	*buf = data // the caller may look at the damaged bytes
+	return applyRecords(data, seq, live, removed, bad)
 }
 
 // applyRecords reads a segment's bytes (scanRecords) and applies its intact
 // records, in order, to live. No I/O: FuzzRecover calls it directly.
-func applyRecords(data []byte, seq uint64, live map[string]*scanned, bad func(off int64, raw []byte, why error)) (*segScan, error) {
+func applyRecords(data []byte, seq uint64, live map[string]*scanned, removed map[string]bool, bad func(off int64, raw []byte, why error)) (*segScan, error) {
 	sc, err := scanRecords(data)
 	if err != nil {
 		return nil, err
@@ -118,6 +120,9 @@ func applyRecords(data []byte, seq uint64, live map[string]*scanned, bad func(of
 			live[m.ID] = &scanned{meta: m, loc: *newLoc(seq, off, size, r.typ, int64(len(body)), prev)}
 		case recDone:
 			delete(live, string(r.payload))
+			if removed != nil {
+				removed[string(r.payload)] = true
+			}
 		}
 	}
 	return sc, nil
@@ -218,12 +223,15 @@ func (s *store) readFailed() (map[string]*Meta, []os.DirEntry, error) {
 // copied to corrupt/ and logged, and every intact record around it used.
 func (s *store) readLog(seqs []uint64) (map[string]*scanned, map[uint64]segFormat, error) {
 	byID := map[string]*scanned{}
+	var damaged []damagedID
+	removed := map[string]bool{} // messages a removal record ended
+	defer func() { s.reportDamaged(damaged, byID, removed) }()
 	formats := map[uint64]segFormat{}
 	var buf []byte
 	for i, seq := range seqs {
 		path := s.segPath(seq)
 		last := i == len(seqs)-1
-		sc, err := scanSegment(path, seq, byID, &buf, func(off int64, raw []byte, why error) {
+		sc, err := scanSegment(path, seq, byID, removed, &buf, func(off int64, raw []byte, why error) {
 			q := filepath.Join(s.dir, dirCorrupt, fmt.Sprintf("log-%016x-%d.record", seq, off))
 			os.WriteFile(q, raw, 0o600)
 			s.log.Error("queue: unreadable log record quarantined in corrupt/", "file", q, "error", why.Error())
@@ -245,11 +253,18 @@ func (s *store) readLog(seqs []uint64) (map[string]*scanned, map[uint64]segForma
 			// inspection; every intact record around it was read.
 			q := s.copyToCorrupt(path)
 			var where []string
+			spans := sc.damage
 			for _, d := range sc.damage {
 				where = append(where, fmt.Sprintf("%s (%d bytes)", d.why, d.to-d.from))
 			}
 			if sc.tail != nil {
 				where = append(where, fmt.Sprintf("%s (%d bytes to the end)", sc.tail.why, sc.tail.to-sc.tail.from))
+				spans = append(spans, *sc.tail)
+			}
+			for _, d := range spans {
+				for _, m := range idInRecord.FindAllSubmatch(buf[d.from:d.to], -1) {
+					damaged = append(damaged, damagedID{id: string(m[1]), copy: q, off: d.from})
+				}
 			}
 			s.log.Error("queue: damaged log segment; every intact record in it was recovered, a copy is in corrupt/", "segment", path, "copy", q, "damage", strings.Join(where, "; "), "records_read", len(sc.records))
 		}
@@ -265,6 +280,41 @@ func (s *store) readLog(seqs []uint64) (map[string]*scanned, map[uint64]segForma
 		}
 	}
 	return byID, formats, nil
+}
+
+// idInRecord finds a message ID in a record's meta, even in damaged bytes.
+var idInRecord = regexp.MustCompile(`"id":"([0-9a-f]{20})"`)
+
+// damagedID is a message named in damaged bytes of the log.
+type damagedID struct {
+	id   string
+	copy string // the segment's copy in corrupt/
+	off  int    // where the damage starts
+}
+
+// reportDamaged says, for every message named in damaged bytes, whether it
+// survived (from an earlier intact record: its newest state may be older,
+// so an attempt may be repeated) or was lost, and where its bytes are, so
+// an admin knows what damage cost. IDs recognised in damage are a best
+// effort: a record damaged in its ID is not named.
+func (s *store) reportDamaged(damaged []damagedID, byID map[string]*scanned, removed map[string]bool) {
+	seen := map[string]bool{}
+	for _, d := range damaged {
+		if seen[d.id] {
+			continue
+		}
+		seen[d.id] = true
+		if byID[d.id] != nil {
+			s.log.Warn("queue: a damaged record named a message that was recovered from an earlier intact record (its newest state may be older: an attempt may be repeated)",
+				"id", d.id, "copy", d.copy, "offset", d.off)
+			continue
+		}
+		if removed[d.id] {
+			continue // it had left the queue (delivered or removed): nothing lost
+		}
+		s.log.Error("queue: a message was lost to the damage: no intact record of it is left; its bytes are in the copy in corrupt/",
+			"id", d.id, "copy", d.copy, "offset", d.off)
+	}
 }
 
 // openSegments opens the segments (read-write) and starts a new one, into
