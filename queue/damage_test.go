@@ -334,3 +334,40 @@ func TestStore_RecordPlantedInABodyIsNotTrusted(t *testing.T) {
 	}
 	_ = carrier
 }
+
+// After a stop in the middle of an attempt (a crash: its recipients are
+// still inflight on disk), `queue show` says the attempt was interrupted
+// instead of showing a deferred message with an inflight recipient and no
+// reply.
+func TestQueue_InterruptedAttemptSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	q1 := open(t, dir, DelivererFunc(func(ctx context.Context, d *Delivery) Result {
+		started <- struct{}{}
+		<-release
+		return Result{}
+	}), nil)
+	id := enqueue(t, q1, env("a@contoso.com", "b@example.com"), "body")
+	<-started
+	// The spool as a crash would leave it: copied while the attempt runs.
+	crashed := t.TempDir()
+	if out, err := exec.Command("cp", "-a", dir+"/.", crashed).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	os.Remove(filepath.Join(crashed, "lock"))
+	close(release)
+
+	q2 := open(t, crashed, holdAll(), nil)
+	q2.Pause("helpdesk", "hold")
+	m, err := q2.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Recipients[0]; r.State != StateDeferred || r.Last == nil || !strings.Contains(r.Last.Text, "stopped during this attempt") {
+		t.Errorf("after an interrupted attempt: %s %+v", r.State, r.Last)
+	}
+	if m.Attempts != 1 {
+		t.Errorf("attempts %d, want the interrupted one counted", m.Attempts)
+	}
+}

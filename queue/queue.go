@@ -305,6 +305,7 @@ func Open(opts Options) (*Queue, error) {
 		failed:  map[string]*Meta{},
 	}
 	for _, m := range live {
+		m = interrupted(m)
 		it := &item{meta: m, next: m.NextAttempt}
 		q.items[m.ID] = it
 		heap.Push(&q.waiting, it)
@@ -322,6 +323,28 @@ func Open(opts Options) (*Queue, error) {
 }
 
 func (q *Queue) now() time.Time { return q.opts.Now() }
+
+// interrupted shows recipients whose attempt a stop cut short (still
+// inflight on disk) as deferred, with a reply saying so; the attempt was
+// counted and its retry time set before it began, so it is retried then.
+// Nothing is written: the next attempt's record says the rest.
+func interrupted(m *Meta) *Meta {
+	var c *Meta
+	for i, r := range m.Recipients {
+		if r.State != StateInflight {
+			continue
+		}
+		if c == nil {
+			c = m.clone()
+		}
+		c.Recipients[i].State = StateDeferred
+		c.Recipients[i].Last = &Reply{Code: 451, Enhanced: "4.3.0", Text: "the relay stopped during this attempt; it is tried again at the next attempt time"}
+	}
+	if c == nil {
+		return m
+	}
+	return c
+}
 
 func (q *Queue) poke() {
 	select {
