@@ -8,12 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -274,11 +274,11 @@ func TestQueue_FullDisk(t *testing.T) {
 	writeZeros(filler, 8<<20)
 	filler.Close()
 
-	var logs bytes.Buffer
+	var logs lockedBuffer // the maintenance goroutine logs while the test reads
 	rec := newRecorder(nil)
 	q2 := open(t, dir, rec, func(o *Options) {
 		reserve(o)
-		o.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logs, os.Stderr), nil))
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
 	if _, full := q2.DiskFull(); !full {
 		t.Errorf("started on a full disk without saying so")
@@ -370,4 +370,22 @@ func TestQueue_InterruptedAttemptSaysSo(t *testing.T) {
 	if m.Attempts != 1 {
 		t.Errorf("attempts %d, want the interrupted one counted", m.Attempts)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger in another goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
