@@ -78,6 +78,11 @@ func Validate(c *Config) Problems {
 	if c.Listen.MaxRecipients < 1 {
 		add("listen.max_recipients", "must be at least 1 — RFC 5321 asks for 100")
 	}
+	if c.Listen.MaxRecipients > 5000 {
+		// Each recipient's state (address, last reply) lives in the
+		// message's spool record, which is at most 8 MiB.
+		add("listen.max_recipients", "%d is more than 5000 — a message's envelope must fit its spool record; send to a list address instead", c.Listen.MaxRecipients)
+	}
 	if c.Listen.MaxSessions < 1 {
 		add("listen.max_sessions", "must be at least 1 — e.g. 100")
 	}
