@@ -739,14 +739,32 @@ func (d *Upstream) classify(u *upAccount, err error) (r queue.Reply, throttled, 
 		return r, true, r.Code == 421
 	case r.Code == 421:
 		return r, false, true // the server closes the connection after 421
+	case senderThrottled(r):
+		return r, true, false
+	case notAuthenticated(r):
+		return r, false, true // this session lost its login: a new one
 	}
 	return r, false, false
 }
+
+// senderThrottled: "550 5.2.251–5.2.255 Sender throttled due to
+// continuous … errors" (M365.md) is about the mailbox, not the message: it
+// is deferred with the throttling back-off, never bounced. (SendAsDenied is
+// 554 5.2.252, after the final dot.)
+func senderThrottled(r queue.Reply) bool {
+	return r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25")
+}
+
+// notAuthenticated: "530 5.7.57 Client not authenticated" at MAIL means
+// the session's login was lost, not that the message is refused.
+func notAuthenticated(r queue.Reply) bool { return r.Code == 530 && r.Enhanced == "5.7.57" }
 
 func outcome(r queue.Reply) queue.Outcome {
 	switch {
 	case r.Code >= 200 && r.Code < 300:
 		return queue.Delivered
+	case senderThrottled(r), notAuthenticated(r):
+		return queue.Deferred
 	case r.Code >= 500:
 		return queue.Failed
 	}

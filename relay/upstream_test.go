@@ -430,10 +430,16 @@ func TestUpstream_RepliesClassified(t *testing.T) {
 			wantThrottled: true, wantAuths: 1,
 		},
 		{
-			name:      "530 5.7.57 at MAIL fails (README: should not happen)",
+			name:      "530 5.7.57 at MAIL is the session's lost login: deferred, not bounced",
 			script:    upstreamScript{mail: []*smtp.SMTPError{smtpErr(530, smtp.EnhancedCode{5, 7, 57}, "Client not authenticated to send mail")}},
-			want:      map[string]rcptWant{a: {queue.Failed, 530, "5.7.57", ""}},
+			want:      map[string]rcptWant{a: {queue.Deferred, 530, "5.7.57", ""}},
 			wantAuths: 1,
+		},
+		{
+			name:      "550 5.2.251 sender throttled is the mailbox's: deferred with the back-off, not bounced",
+			script:    upstreamScript{mail: []*smtp.SMTPError{smtpErr(550, smtp.EnhancedCode{5, 2, 251}, "Sender throttled due to continuous invalid recipients errors")}},
+			want:      map[string]rcptWant{a: {queue.Deferred, 550, "5.2.251", "Sender throttled"}},
+			wantAuths: 1, wantThrottled: true,
 		},
 		{
 			name: "535 5.7.3 twice: one fresh token, then the account is paused",
