@@ -86,11 +86,23 @@ func TestE2E_SMTPAuthDisabledShowsEverywhereAndTryAgainReleases(t *testing.T) {
 	if a := waitAlert(t, alerts, "smtp_auth_disabled"); !strings.Contains(a["explanation"].(map[string]any)["action"].(string), "Set-CASMailbox") {
 		t.Errorf("alert: %v", a)
 	}
+	// More mail for the account waits without touching Microsoft: no
+	// connection, no login (repeated failed logins get a mailbox throttled).
+	connsBefore := h.fake.SMTP.Connections()
+	for i := 2; i <= 3; i++ {
+		if _, err := send(h.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, message(i, mailbox, "bob@example.com", ""), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := h.fake.SMTP.Connections() - connsBefore; n != 0 {
+		t.Errorf("%d connections to Microsoft for an account it refuses", n)
+	}
 	// Retrying the message cannot move it: say why, not "scheduled".
 	if code, body := api(t, h, "POST", "/api/queue/"+id+"/retry", tok); code != http.StatusConflict || !strings.Contains(body, "paused") || !strings.Contains(body, "Try again") {
 		t.Errorf("retry of a paused message: %d %s", code, body)
 	}
-	if _, body := api(t, h, "POST", "/api/queue/flush", tok); !strings.Contains(body, `"scheduled_now": 0`) || !strings.Contains(body, `"helpdesk": 1`) {
+	if _, body := api(t, h, "POST", "/api/queue/flush", tok); !strings.Contains(body, `"scheduled_now": 0`) || !strings.Contains(body, `"helpdesk": 3`) {
 		t.Errorf("flush: %s", body)
 	}
 	// Still broken: try again says so and the mail stays held — no
@@ -111,7 +123,7 @@ func TestE2E_SMTPAuthDisabledShowsEverywhereAndTryAgainReleases(t *testing.T) {
 	if code != 200 || !strings.Contains(body, "resumed") {
 		t.Fatalf("try again: %d %s", code, body)
 	}
-	if got := byTestID(h.fake.SMTP.WaitMessages(1, 10*time.Second)); got["1"].Data == nil {
+	if got := byTestID(h.fake.SMTP.WaitMessages(3, 10*time.Second)); got["1"].Data == nil || got["3"].Data == nil {
 		t.Fatal("mail not released by try again")
 	}
 	if st := h.relay.Tokens.State("helpdesk"); st.State != tokens.Connected {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // What cron, PHP's mail() (sendmail_path = "/usr/sbin/sendmail -t -i") and
@@ -118,5 +120,26 @@ func TestCLI_SendReadsPipedStdin(t *testing.T) {
 	msgs := fake.SMTP.WaitMessages(1, 10*time.Second)
 	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "hello from a pipe") || !strings.Contains(string(msgs[0].Data), "Subject: oauthrelay test message") {
 		t.Errorf("delivered: %v", msgs)
+	}
+}
+
+// With listen.auth.required, sendmail (which does not authenticate) is
+// refused: exit 75 keeps the message with the caller (69 would tell cron to
+// drop it), and the words say what to change.
+func TestCLI_SendmailWhenAuthIsRequired(t *testing.T) {
+	t.Parallel()
+	_, c, file := processConfig(t)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("S3cret-pass"), bcrypt.MinCost)
+	users := filepath.Join(filepath.Dir(file), "users")
+	os.WriteFile(users, []byte("alice:"+string(hash)+"\n"), 0o600)
+	c.Listen.Auth.UsersFile, c.Listen.Auth.Required = users, true
+	writeConfig(t, c, file)
+	startServe(t, file, c.Listen.Addr)
+	cmd := exec.Command(binary, "sendmail", "-C", file, "-f", mailbox, "ops@example.com")
+	cmd.Stdin = strings.NewReader("Subject: x\n\nbody\n")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 75 || !strings.Contains(string(out), "listen.auth.required") {
+		t.Errorf("sendmail with AUTH required: %v: %s", err, out)
 	}
 }

@@ -104,12 +104,16 @@ type Listener struct {
 	active  atomic.Int64
 	serving atomic.Bool
 	lockout *authLockout
+	// dummyHash is checked for an unknown user, at the cost of the real
+	// users' hashes, so a refusal takes as long whether the user exists.
+	dummyHash []byte
 
 	mu      sync.Mutex
 	closing bool
 	lns     []net.Listener
 	conns   map[*smtpConn]struct{}
-	clients map[netip.Addr]int // open sessions by client address
+	clients map[netip.Addr]int       // open sessions by client address
+	refused map[netip.Addr]time.Time // when a stranger's refusal was last logged
 	wg      sync.WaitGroup
 }
 
@@ -118,9 +122,40 @@ const defaultMaxRecipients = 100
 
 // NewListener builds a listener that queues into q, routing by router.
 func NewListener(cfg ListenerConfig, q Enqueuer, router *Router, log *slog.Logger, events ListenerEvents) *Listener {
+	cost := bcrypt.MinCost
+	for _, h := range cfg.Users {
+		if c, err := bcrypt.Cost(h); err == nil && c > cost {
+			cost = c
+		}
+	}
+	var dummy []byte
+	if len(cfg.Users) > 0 {
+		dummy, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay: no such user"), cost)
+	}
 	return &Listener{cfg: cfg, q: q, router: router, log: log, events: events,
-		lockout: newAuthLockout(cfg.AuthLockoutBase, cfg.AuthLockoutMax, log),
-		conns:   map[*smtpConn]struct{}{}, clients: map[netip.Addr]int{}}
+		lockout:   newAuthLockout(cfg.AuthLockoutBase, cfg.AuthLockoutMax, log),
+		dummyHash: dummy,
+		conns:     map[*smtpConn]struct{}{}, clients: map[netip.Addr]int{}, refused: map[netip.Addr]time.Time{}}
+}
+
+// firstRefusal reports whether a refusal of ip should be logged: once a
+// minute per address, so a stranger cannot flood the log.
+func (l *Listener) firstRefusal(ip netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if t, ok := l.refused[ip]; ok && now.Sub(t) < time.Minute {
+		return false
+	}
+	if len(l.refused) > 4096 {
+		for a, t := range l.refused {
+			if now.Sub(t) >= time.Minute {
+				delete(l.refused, a)
+			}
+		}
+	}
+	l.refused[ip] = now
+	return true
 }
 
 func (l *Listener) maxRecipients() int {
@@ -251,7 +286,9 @@ func (g *guardedListener) Accept() (net.Conn, error) {
 		ip := remoteIP(c)
 		if !l.allowed(ip) {
 			l.reject(c, "network", "554 5.7.1 "+ip.String()+" is not allowed to use this relay (listen.allowed_networks)")
-			l.log.Warn("smtp: connection refused: not in allowed_networks", "client", ip.String())
+			if l.firstRefusal(ip) {
+				l.log.Warn("smtp: connection refused: not in allowed_networks (logged once a minute per address; every refusal is counted in oauthrelay_smtp_rejections_total{reason=\"network\"})", "client", ip.String())
+			}
 			continue
 		}
 		if !l.claimClientSlot(ip) {
@@ -400,10 +437,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		}
 		hash, ok := s.l.cfg.Users[user]
 		if !ok {
-			bcrypt.CompareHashAndPassword(dummyHash, []byte(pass)) // same time for unknown users
-			return errAuthFailed
+			hash = s.l.dummyHash // same work, same time, same log line for unknown users
 		}
-		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
+		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil || !ok {
 			s.l.log.Warn("smtp: authentication failed", "client", s.remote.String(), "user", user)
 			return errAuthFailed
 		}
@@ -442,8 +478,6 @@ func (s *session) AuthFailed(err error) error {
 func (s *session) AuthSucceeded() {
 	s.l.lockout.success(s.remote)
 }
-
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay"), bcrypt.MinCost)
 
 // loginServer is the server side of AUTH LOGIN (go-sasl has only a client).
 type loginServer struct {

@@ -181,6 +181,12 @@ func (d *Upstream) acquire(ctx context.Context, u *upAccount) error {
 }
 
 func (d *Upstream) dial(ctx context.Context, u *upAccount) (*upConn, *attemptError) {
+	// The credential first: an account that cannot sign in (no token,
+	// Microsoft refusing it) opens no connection at all.
+	cred, aerr := d.credential(ctx, u)
+	if aerr != nil {
+		return nil, aerr
+	}
 	if err := d.acquire(ctx, u); err != nil {
 		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"}}
 	}
@@ -192,7 +198,7 @@ func (d *Upstream) dial(ctx context.Context, u *upAccount) (*upConn, *attemptErr
 	if d.events.ConnOpened != nil {
 		d.events.ConnOpened(u.Name)
 	}
-	uc, aerr := d.login(ctx, u, c)
+	uc, aerr := d.login(u, c, cred)
 	if aerr != nil {
 		<-u.sessions
 		return nil, aerr
@@ -309,18 +315,23 @@ func (d *Upstream) tlsErr(err error) *attemptError {
 		Text: fmt.Sprintf("TLS with %s failed (%v); refusing to send an OAuth token without TLS", d.cfg.Addr, err)}}
 }
 
-// login signs in to an open upstream connection with the account's token
-// (XOAUTH2); the connection is closed on failure.
-func (d *Upstream) login(ctx context.Context, u *upAccount, c *smtp.Client) (*upConn, *attemptError) {
+// credential gets the account's sign-in (tokens.Auth): an account the
+// tokens package refuses (needs attention) pauses; no token yet defers.
+func (d *Upstream) credential(ctx context.Context, u *upAccount) (tokens.Credential, *attemptError) {
 	cred, err := d.tokens.Auth(ctx, u.Name)
 	if err != nil {
-		c.Close()
 		var ae *tokens.AccountError
 		if errors.As(err, &ae) {
-			return nil, &attemptError{pause: ae.Explanation.String()}
+			return cred, &attemptError{pause: ae.Explanation.String()}
 		}
-		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "no access token yet: " + err.Error()}}
+		return cred, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "no access token yet: " + err.Error()}}
 	}
+	return cred, nil
+}
+
+// login signs in to an open upstream connection with the account's token
+// (XOAUTH2); the connection is closed on failure.
+func (d *Upstream) login(u *upAccount, c *smtp.Client, cred tokens.Credential) (*upConn, *attemptError) {
 	if err := c.Auth(cred.SASL); err != nil {
 		c.Close()
 		var se *smtp.SMTPError

@@ -157,7 +157,10 @@ func (d *Upstream) Deliver(ctx context.Context, dl *queue.Delivery) queue.Result
 			}
 		}
 	}
-	d.log.Info("delivery: attempt", "id", dl.ID, "account", dl.Account, "attempt", dl.Attempt,
+	// A paused account or an unreachable upstream is not the message's
+	// attempt: the queue does not count it, nor does the log.
+	counted := res.PauseAccount == "" && res.Unreachable == ""
+	d.log.Info("delivery: attempt", "id", dl.ID, "account", dl.Account, "attempt", dl.Attempt, "counted", counted,
 		"recipients", len(dl.To), "result", summarize(res), "duration", time.Since(start).Round(time.Millisecond).String())
 	return res
 }

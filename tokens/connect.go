@@ -123,6 +123,7 @@ func (m *Manager) handleCallback(w http.ResponseWriter, r *http.Request) {
 		Detail: fmt.Sprintf("Connected as %s; mail for %s flows now.", orUnknown(upn), a.Mailbox)}
 	if w := WrongUser(upn, a.Mailbox); w != "" {
 		res.Title = "Connected — but not as " + a.Mailbox
+		res.Detail = fmt.Sprintf("Connected as %s. Mail for %s flows only if %s may send as it.", upn, a.Mailbox, upn)
 		res.Action = "You " + w + ". Without that right Microsoft will answer 535 5.7.3 and the relay will hold the mail and say so here."
 	}
 	renderResult(w, http.StatusOK, res)

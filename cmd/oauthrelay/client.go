@@ -229,7 +229,11 @@ func newQueueShowCmd() *cobra.Command {
 			fmt.Fprintf(w, "id:        %s\nstate:     %s\naccount:   %s\nfrom:      <%s>\nsize:      %d bytes\narrived:   %s (%s ago)\nattempts:  %d\n",
 				m.ID, m.State, m.Account, m.From, m.Size, m.Arrived.Format(time.RFC3339), age(m.Arrived), m.Attempts)
 			if m.State != queue.MsgFailed && m.State != queue.MsgPaused {
-				fmt.Fprintf(w, "next:      %s (%s)\n", m.NextAttempt.Format(time.RFC3339), when(m.NextAttempt))
+				if m.Held != "" {
+					fmt.Fprintf(w, "next:      when Microsoft 365 can be reached again (see held)\n")
+				} else {
+					fmt.Fprintf(w, "next:      %s (%s)\n", m.NextAttempt.Format(time.RFC3339), when(m.NextAttempt))
+				}
 			}
 			if m.Held != "" {
 				fmt.Fprintf(w, "held:      %s\n", m.Held)

@@ -88,9 +88,10 @@ delivers the account's waiting mail.
 				if who == "" {
 					who = "the signed-in user"
 				}
-				fmt.Fprintf(out, "Connected as %s; mail for %s flows now.\n", who, acct.Mailbox)
 				if w := tokens.WrongUser(upn, acct.Mailbox); w != "" {
-					fmt.Fprintf(out, "Warning: %s.\n", w)
+					fmt.Fprintf(out, "Connected as %s — not as %s: mail flows only if %s may send as it.\nWarning: %s.\n", who, acct.Mailbox, who, w)
+				} else {
+					fmt.Fprintf(out, "Connected as %s; mail for %s flows now.\n", who, acct.Mailbox)
 				}
 				return nil
 			}
@@ -149,9 +150,10 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 	if who == "" {
 		who = "the signed-in user"
 	}
-	fmt.Fprintf(out, "Connected as %s; mail for account %s flows now.\n", who, name)
 	if d.Warning != "" {
-		fmt.Fprintf(out, "Warning: %s.\n", d.Warning)
+		fmt.Fprintf(out, "Connected as %s — not as the account's mailbox: mail for account %s flows only if %s may send as it.\nWarning: %s.\n", who, name, who, d.Warning)
+	} else {
+		fmt.Fprintf(out, "Connected as %s; mail for account %s flows now.\n", who, name)
 	}
 	return nil
 }

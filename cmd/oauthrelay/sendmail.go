@@ -167,7 +167,12 @@ func runSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	if err != nil {
 		var se *smtp.SMTPError
 		code := exTempFail
-		if errors.As(err, &se) && se.Code >= 500 {
+		switch {
+		case errors.As(err, &se) && se.Code == 530:
+			// listen.auth.required: the message is fine, the setup is
+			// not; 75 keeps it with the caller rather than dropping it.
+			return exitError{code: exTempFail, err: fmt.Errorf("sendmail: the relay requires AUTH (listen.auth.required: true) and sendmail does not authenticate: nothing was sent; let local programs send without AUTH (listen.auth.required: false; AUTH stays available) — %w", err)}
+		case errors.As(err, &se) && se.Code >= 500:
 			code = exUnavailable
 		}
 		return exitError{code: code, err: fmt.Errorf("sendmail: %w", err)}
