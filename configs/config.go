@@ -219,6 +219,9 @@ type Account struct {
 	// Authority is the Entra ID base URL (tests point it at the fake).
 	Authority     string `yaml:"authority"`
 	RewriteSender string `yaml:"rewrite_sender"`
+	// Protocols the account's token is for: smtp (default), imap, pop3.
+	// They decide the scopes a sign-in asks for.
+	Protocols []string `yaml:"protocols"`
 }
 
 // Log configures log/slog output.
@@ -296,5 +299,8 @@ func AccountDefaults(a *Account) {
 	}
 	if a.RewriteSender == "" {
 		a.RewriteSender = RewriteOff
+	}
+	if len(a.Protocols) == 0 {
+		a.Protocols = []string{"smtp"}
 	}
 }

@@ -274,6 +274,11 @@ func validateAccount(key string, a *Account, names map[string]int, i int, add fu
 	} else if addr, err := mail.ParseAddress(a.Mailbox); err != nil || addr.Address != a.Mailbox {
 		add(key+".mailbox", "%q is not a plain e-mail address — e.g. helpdesk@contoso.com", a.Mailbox)
 	}
+	for j, p := range a.Protocols {
+		if p != "smtp" && p != "imap" && p != "pop3" {
+			add(fmt.Sprintf("%s.protocols[%d]", key, j), "%q is not a protocol — smtp, imap or pop3 (the scopes a sign-in asks for)", p)
+		}
+	}
 	if len(a.Senders) == 0 {
 		add(key+".senders", "empty — list the envelope senders this account sends for, e.g. [\"*@contoso.com\"]")
 	}

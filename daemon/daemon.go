@@ -73,7 +73,7 @@ func TokenAccounts(c *configs.Config) []tokens.Account {
 	out := make([]tokens.Account, 0, len(c.Accounts))
 	for _, a := range c.Accounts {
 		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
-			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority})
+			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority, Protocols: a.Protocols})
 	}
 	return out
 }

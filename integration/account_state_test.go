@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -280,5 +283,58 @@ func TestAdmin_DeviceCodeAccountConnectsOnThePage(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(page), "passed") || !strings.Contains(string(page), "XOAUTH2 login") {
 		t.Errorf("test page:\n%s", page)
+	}
+}
+
+// An account's protocols decide the scopes its sign-in asks for; a
+// protocol added after the last sign-in says "reconnect to grant" it; and
+// `oauthrelay token` (GET /api/accounts/{name}/token) hands a current
+// access token to programs that speak XOAUTH2 themselves.
+func TestE2E_ProtocolsScopesAndToken(t *testing.T) {
+	t.Parallel()
+	fake, c, file := processConfig(t) // connected beforehand for smtp only
+	c.Accounts[0].Protocols = []string{"smtp", "imap"}
+	writeConfig(t, c, file)
+	startServe(t, file, c.Listen.Addr)
+	out, err := exec.Command(binary, "accounts", "--config", file).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "reconnect to grant IMAP") {
+		t.Errorf("accounts after adding imap: %v\n%s", err, out)
+	}
+	out, err = exec.Command(binary, "token", "helpdesk", "--config", file).Output()
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	tok := strings.TrimSpace(string(out))
+	if g, ok := fake.Entra.CheckAccess(tok); !ok || g.UPN != mailbox {
+		t.Errorf("token printed is not a valid access token for the mailbox: %q", tok)
+	}
+	// Sign in again: the new grant carries the IMAP scope, the notice goes.
+	cmd := exec.Command(binary, "connect", "helpdesk", "--device", "--config", file)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	code := regexp.MustCompile(`enter the code (\S+),`).FindStringSubmatch(line)
+	if code == nil {
+		t.Fatalf("no device code in %q", line)
+	}
+	fake.Entra.ApproveDevice(code[1], mailbox)
+	go io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command(binary, "accounts", "--config", file).CombinedOutput()
+	if strings.Contains(string(out), "reconnect to grant") {
+		t.Errorf("after signing in with imap the notice stays:\n%s", out)
+	}
+	out, _ = exec.Command(binary, "token", "helpdesk", "--config", file).Output()
+	claims := strings.Split(strings.TrimSpace(string(out)), ".")
+	if len(claims) != 3 {
+		t.Fatalf("token %q is not a JWT", out)
+	}
+	b, _ := base64.RawURLEncoding.DecodeString(claims[1])
+	if !strings.Contains(string(b), "IMAP.AccessAsUser.All") || !strings.Contains(string(b), "SMTP.Send") {
+		t.Errorf("token claims %s lack the protocols' scopes", b)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,10 +28,34 @@ const (
 	FlowClientCredentials = "client_credentials"
 )
 
-// DelegatedScopes are what a sign-in asks for: SMTP.Send, a refresh token
-// (offline_access) and openid, which lets the relay show who consented.
-func DelegatedScopes() []string {
-	return []string{"openid", "offline_access", "https://outlook.office.com/SMTP.Send"}
+// DelegatedScopes are what a sign-in asks for: a refresh token
+// (offline_access), openid (which lets the relay show who consented) and
+// one Exchange Online scope per protocol (smtp: SMTP.Send, imap:
+// IMAP.AccessAsUser.All, pop3: POP.AccessAsUser.All; one token serves all,
+// they share a resource). No protocols means smtp.
+func DelegatedScopes(protocols ...string) []string {
+	s := []string{"openid", "offline_access"}
+	if len(protocols) == 0 {
+		protocols = []string{"smtp"}
+	}
+	for _, p := range protocols {
+		if sc := protocolScope(p); sc != "" {
+			s = append(s, sc)
+		}
+	}
+	return s
+}
+
+func protocolScope(p string) string {
+	switch p {
+	case "smtp":
+		return "https://outlook.office.com/SMTP.Send"
+	case "imap":
+		return "https://outlook.office.com/IMAP.AccessAsUser.All"
+	case "pop3":
+		return "https://outlook.office.com/POP.AccessAsUser.All"
+	}
+	return ""
 }
 
 // AppOnlyScopes are what a client-credentials token asks for.
@@ -45,6 +70,8 @@ type Account struct {
 	Flow         string
 	Mailbox      string
 	Authority    string // https://login.microsoftonline.com
+	// Protocols the token is for (smtp, imap, pop3); nil means smtp.
+	Protocols []string
 }
 
 func (a Account) delegated() bool { return a.Flow != FlowClientCredentials }
@@ -87,6 +114,9 @@ type AccountState struct {
 	LastRefresh  time.Time   `json:"last_refresh,omitzero"`
 	AccessExpiry time.Time   `json:"access_expiry,omitzero"`
 	Fingerprint  string      `json:"token_fingerprint,omitempty"`
+	// MissingProtocols are protocols the account is configured for whose
+	// scope the last sign-in did not grant: reconnect to grant them.
+	MissingProtocols []string `json:"missing_protocols,omitempty"`
 }
 
 // Options configure a Manager. Timings are fields so tests use milliseconds.
@@ -197,7 +227,7 @@ func NewManager(opts Options) (*Manager, error) {
 		ac := &account{Account: a}
 		if a.delegated() {
 			ac.oauth = &oauth2.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
-				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes()}
+				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes(a.Protocols...)}
 			rec, ok, err := opts.Store.Get(a.Name)
 			if err != nil {
 				return nil, err
@@ -595,6 +625,7 @@ func (m *Manager) State(name string) AccountState {
 	if a.delegated() {
 		if rec, ok, err := m.opts.Store.Get(name); err == nil && ok {
 			s.ConsentedBy, s.ConsentedAt, s.LastRefresh = rec.ConsentedBy, rec.ConsentedAt, rec.LastRefresh
+			s.MissingProtocols = missingProtocols(a.Protocols, rec.Scopes)
 		}
 	}
 	return s
@@ -736,4 +767,23 @@ func idTokenUPN(tok *oauth2.Token) string {
 		}
 	}
 	return ""
+}
+
+// missingProtocols lists the protocols whose scope granted lacks (nothing
+// when the grant's scopes are unknown).
+func missingProtocols(protocols, granted []string) []string {
+	if len(granted) == 0 {
+		return nil
+	}
+	var missing []string
+	for _, p := range protocols {
+		sc := protocolScope(p)
+		if sc == "" {
+			continue
+		}
+		if !slices.ContainsFunc(granted, func(g string) bool { return strings.EqualFold(g, sc) }) {
+			missing = append(missing, p)
+		}
+	}
+	return missing
 }

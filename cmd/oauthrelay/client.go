@@ -388,6 +388,8 @@ func newAccountsCmd() *cobra.Command {
 				todo := ""
 				if s.State != tokens.Connected {
 					todo = s.Explanation.String()
+				} else if len(s.MissingProtocols) > 0 {
+					todo = "reconnect to grant " + strings.ToUpper(strings.Join(s.MissingProtocols, ", "))
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, exp, age(s.LastRefresh), todo)
 			}
@@ -509,4 +511,42 @@ func queueStates() string {
 		s = append(s, string(st))
 	}
 	return strings.Join(s, "|")
+}
+
+// newTokenCmd is `oauthrelay token ACCOUNT`: a current access token, for
+// programs that sign in to Microsoft 365 with XOAUTH2 themselves.
+func newTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token ACCOUNT",
+		Short: "Print a current access token of an account (for fetchmail, mbsync… that speak XOAUTH2 themselves)",
+		Long: `token asks the running relay for a current access token of ACCOUNT and
+prints it alone on a line (--json: with its expiry), for a program that
+signs in with XOAUTH2 itself: fetchmail's passwordeval, mbsync's PassCmd.
+The token is valid for about an hour; ask again each time. It carries the
+scopes of the account's protocols (accounts[].protocols).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := newAPIClient(cmd)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := a.call("GET", "/api/accounts/"+url.PathEscape(args[0])+"/token", &raw); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var res struct {
+				AccessToken string `json:"access_token"`
+			}
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.AccessToken)
+			return nil
+		},
+	}
+	apiFlags(cmd)
+	return cmd
 }

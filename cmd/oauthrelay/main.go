@@ -77,6 +77,7 @@ refreshes and keeps encrypted itself.`,
 		newSendmailCmd(),
 		newHealthCmd(),
 		newCheckCmd(),
+		newTokenCmd(),
 		newFakeM365Cmd(),
 	)
 	return root

@@ -51,7 +51,7 @@ func keysUsed(cmd *cobra.Command) []string {
 		top = top.Parent()
 	}
 	switch top.Name() {
-	case "accounts", "queue", "health", "check":
+	case "accounts", "queue", "health", "check", "token":
 		return []string{"admin.addr", "admin.token", "admin.token_file", "keysafe.path", "spool.dir"}
 	case "send":
 		return []string{"listen.addr"}

@@ -55,6 +55,9 @@ type Accounts interface {
 	// StartDeviceSignIn and DeviceSignInStatus run a device-code sign-in
 	// in the relay (tokens.Manager).
 	StartDeviceSignIn(name string) (tokens.DeviceSignIn, error)
+	// Token is a current access token, for GET /api/accounts/{name}/token:
+	// tools that speak XOAUTH2 themselves (fetchmail, mbsync) ask for it.
+	Token(ctx context.Context, name string) (tokens.Token, error)
 	DeviceSignInStatus(name string) (tokens.DeviceSignIn, bool)
 }
 
@@ -147,6 +150,7 @@ func New(opts Options) (*Server, error) {
 	m.Handle("POST /api/accounts/{name}/retry", s.api(s.apiAccountRetry))
 	m.Handle("POST /api/accounts/{name}/test", s.api(s.apiAccountTest))
 	m.Handle("POST /api/accounts/{name}/device", s.api(s.apiDeviceStart))
+	m.Handle("GET /api/accounts/{name}/token", s.api(s.apiToken))
 	m.Handle("GET /api/accounts/{name}/device", s.api(s.apiDeviceStatus))
 	if opts.Metrics != nil {
 		m.Handle("GET /metrics", s.api(opts.Metrics.ServeHTTP))

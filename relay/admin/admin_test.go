@@ -148,6 +148,11 @@ func (a *fakeAccounts) Retry(_ context.Context, name string) (tokens.AccountStat
 	return st, nil
 }
 
+func (a *fakeAccounts) Token(_ context.Context, name string) (tokens.Token, error) {
+	a.record("token %s", name)
+	return tokens.Token{AccessToken: "at-" + name, Mailbox: name + "@contoso.test", Expiry: time.Now().Add(time.Hour)}, nil
+}
+
 func (a *fakeAccounts) StartDeviceSignIn(name string) (tokens.DeviceSignIn, error) {
 	a.record("device %s", name)
 	if a.deviceErr != nil {

@@ -213,3 +213,21 @@ func (s *Server) apiDeviceStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, d)
 }
+
+// apiToken hands out a current access token of an account, for programs
+// that sign in to Microsoft 365 with XOAUTH2 themselves. The admin token
+// guards it; the log names only the token's fingerprint.
+func (s *Server) apiToken(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.knownAccount(w, name) {
+		return
+	}
+	tok, err := s.opts.Accounts.Token(r.Context(), name)
+	if err != nil {
+		writeError(w, http.StatusConflict, "no token: "+err.Error())
+		return
+	}
+	s.opts.Log.Info("admin: access token handed out", "account", name, "client", clientIP(r), "token", tokens.Fingerprint(tok.AccessToken))
+	writeJSON(w, http.StatusOK, map[string]any{"account": name, "mailbox": tok.Mailbox,
+		"access_token": tok.AccessToken, "expires": tok.Expiry.UTC().Format(time.RFC3339)})
+}

@@ -336,6 +336,7 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 {{if .Explanation.Detail}}<br><span class="muted">{{.Explanation.Detail}}</span>{{end}}
 {{if .Explanation.Action}}<br><strong>What to do:</strong> {{.Explanation.Action}}{{end}}
 {{if .Explanation.URL}}<br><a href="{{.Explanation.URL}}">Admin consent link</a> — send it to an administrator{{end}}</p>{{end}}
+{{if .MissingProtocols}}<p class="flash warn">Reconnect to grant {{range $i, $p := .MissingProtocols}}{{if $i}}, {{end}}{{$p}}{{end}}: the last sign-in did not include its permission.</p>{{end}}
 <p class="muted">{{if .ConsentedBy}}Signed in as {{.ConsentedBy}} {{ago .ConsentedAt}}.<br>{{end}}
 Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry.Format "2006-01-02 15:04 MST"}}{{if .Fingerprint}} ({{.Fingerprint}}){{end}}{{end}}.
 {{if not .LastRefresh.IsZero}}Last refresh {{ago .LastRefresh}}.{{end}}</p>
