@@ -26,6 +26,7 @@ type Config struct {
 	Tokens   Tokens    `yaml:"tokens"`
 	Delivery Delivery  `yaml:"delivery"`
 	Upstream Upstream  `yaml:"upstream"`
+	Inbound  Inbound   `yaml:"inbound"`
 	Accounts []Account `yaml:"accounts"`
 	Log      Log       `yaml:"log"`
 	Alert    Alert     `yaml:"alert"`
@@ -189,6 +190,39 @@ type Upstream struct {
 	InsecureAllowPlaintext bool `yaml:"insecure_allow_plaintext"`
 }
 
+// Inbound configures the local IMAP and POP3 listeners (package inbound):
+// a local app signs in with a password from UsersFile, the relay signs in
+// upstream with the account's OAuth token and relays the session. Both are
+// off until their addr is set.
+type Inbound struct {
+	// UsersFile holds "user:bcrypt-hash[:account]" lines; without an
+	// account, the account whose mailbox equals user.
+	UsersFile string      `yaml:"users_file"`
+	IMAP      InboundIMAP `yaml:"imap"`
+	POP3      InboundPOP3 `yaml:"pop3"`
+	// MaxConnectionsPerAccount caps the sessions open at once per account
+	// (both protocols); more are refused as temporary.
+	MaxConnectionsPerAccount int `yaml:"max_connections_per_account"`
+}
+
+// InboundIMAP is the local IMAP listener; Addr "" is off.
+type InboundIMAP struct {
+	Addr string `yaml:"addr"`
+	// Upstream is Exchange Online's IMAP server (implicit TLS, trusted
+	// like SMTP's, with upstream.ca_file).
+	Upstream string `yaml:"upstream"`
+}
+
+// InboundPOP3 is the local POP3 listener; Addr "" is off.
+type InboundPOP3 struct {
+	Addr string `yaml:"addr"`
+	// Upstream is Exchange Online's POP3 server (implicit TLS).
+	Upstream string `yaml:"upstream"`
+}
+
+// Enabled reports whether either inbound listener is on.
+func (i Inbound) Enabled() bool { return i.IMAP.Addr != "" || i.POP3.Addr != "" }
+
 // Flow names.
 const (
 	FlowAuthorizationCode = "authorization_code"
@@ -281,6 +315,11 @@ func Default() Config {
 			Addr:     "smtp.office365.com:587",
 			TLS:      "starttls",
 			Hostname: "localhost",
+		},
+		Inbound: Inbound{
+			IMAP:                     InboundIMAP{Upstream: "outlook.office365.com:993"},
+			POP3:                     InboundPOP3{Upstream: "outlook.office365.com:995"},
+			MaxConnectionsPerAccount: 16,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

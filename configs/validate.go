@@ -209,6 +209,8 @@ func Validate(c *Config) Problems {
 		add("upstream.hostname", "missing — the name sent with EHLO, e.g. relay.contoso.com")
 	}
 
+	validateInbound(&c.Inbound, add)
+
 	if len(c.Accounts) == 0 {
 		add("accounts", "none configured — add at least one Microsoft 365 mailbox (see configs/oauthrelay.yaml)")
 	}
@@ -332,4 +334,26 @@ func ParseNetwork(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func validateInbound(in *Inbound, add func(key, format string, args ...any)) {
+	hostPort := func(key, val, example string) {
+		if _, port, err := net.SplitHostPort(val); err != nil || port == "" {
+			add(key, "%q is not host:port — e.g. %s", val, example)
+		}
+	}
+	if in.IMAP.Addr != "" {
+		hostPort("inbound.imap.addr", in.IMAP.Addr, "127.0.0.1:1143 (empty turns the IMAP listener off)")
+		hostPort("inbound.imap.upstream", in.IMAP.Upstream, "outlook.office365.com:993")
+	}
+	if in.POP3.Addr != "" {
+		hostPort("inbound.pop3.addr", in.POP3.Addr, "127.0.0.1:1110 (empty turns the POP3 listener off)")
+		hostPort("inbound.pop3.upstream", in.POP3.Upstream, "outlook.office365.com:995")
+	}
+	if in.Enabled() && in.UsersFile == "" {
+		add("inbound.users_file", "missing — the IMAP/POP3 listeners need local users: a file of user:bcrypt-hash[:account] lines (make a hash with: htpasswd -nbB user password)")
+	}
+	if in.MaxConnectionsPerAccount < 1 {
+		add("inbound.max_connections_per_account", "must be at least 1 — e.g. 16")
+	}
 }
