@@ -38,6 +38,7 @@ type Entra struct {
 	accessLifetime time.Duration
 	revokeOnRotate bool
 	deviceInterval int
+	appRoles       []string // the roles claim of app-only tokens
 	authorizeError *AuthorizeError
 	clients        map[string]string // client id -> secret ("" = public client)
 	codes          map[string]*codeGrant
@@ -67,6 +68,16 @@ type AccessGrant struct {
 	UPN      string // "" for app-only tokens
 	AppOnly  bool
 	Expires  time.Time
+	// Scopes are the delegated permissions (the scp claim: "SMTP.Send",
+	// "IMAP.AccessAsUser.All", …); Roles the app-only ones (the roles claim).
+	Scopes []string `json:",omitempty"`
+	Roles  []string `json:",omitempty"`
+}
+
+// Allows reports whether the token carries permission perm, delegated or
+// app-only.
+func (g AccessGrant) Allows(perm string) bool {
+	return contains(g.Scopes, perm) || contains(g.Roles, perm)
 }
 
 type deviceGrant struct {
@@ -130,13 +141,16 @@ func newEntraAt(addr string) (*Entra, error) {
 		now:            time.Now,
 		accessLifetime: time.Hour,
 		deviceInterval: 1,
-		clients:        map[string]string{},
-		codes:          map[string]*codeGrant{},
-		refresh:        map[string]*refreshGrant{},
-		access:         map[string]*AccessGrant{},
-		devices:        map[string]*deviceGrant{},
-		faults:         map[string][]Fault{},
-		counts:         map[string]int{},
+		// The fake tenant's admin granted every application permission the
+		// relay can use; SetAppRoles narrows it.
+		appRoles: []string{"SMTP.SendAsApp", "IMAP.AccessAsApp", "POP.AccessAsApp"},
+		clients:  map[string]string{},
+		codes:    map[string]*codeGrant{},
+		refresh:  map[string]*refreshGrant{},
+		access:   map[string]*AccessGrant{},
+		devices:  map[string]*deviceGrant{},
+		faults:   map[string][]Fault{},
+		counts:   map[string]int{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{tenant}/oauth2/v2.0/authorize", e.authorize)
@@ -173,6 +187,14 @@ func (e *Entra) SetAccessTokenLifetime(d time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.accessLifetime = d
+}
+
+// SetAppRoles sets the application permissions (the roles claim) of
+// app-only tokens issued from now on.
+func (e *Entra) SetAppRoles(roles ...string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.appRoles = append([]string(nil), roles...)
 }
 
 // SetRevokeOnRotate makes every refresh revoke the refresh token it used, so
@@ -478,9 +500,19 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 
 // issue writes a token response; caller holds e.mu.
 func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnly bool) {
-	at := e.accessToken(clientID, scope, upn, appOnly)
+	g := &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
+	if appOnly {
+		g.Roles = append([]string(nil), e.appRoles...)
+	} else {
+		for _, sc := range strings.Fields(scope) {
+			if rest, ok := strings.CutPrefix(sc, "https://outlook.office.com/"); ok {
+				g.Scopes = append(g.Scopes, rest)
+			}
+		}
+	}
+	at := e.accessToken(g)
 	e.issued = append(e.issued, at)
-	e.access[at] = &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
+	e.access[at] = g
 	defer e.save()
 	resp := map[string]any{
 		"token_type":     "Bearer",
@@ -517,19 +549,13 @@ func contains(list []string, s string) bool {
 // accessToken is shaped like Microsoft's access tokens for Exchange
 // Online: a JWT naming the permissions (scp delegated, roles app-only) and
 // the user; its "signature" is random, which also makes each one unique.
-func (e *Entra) accessToken(clientID, scope, upn string, appOnly bool) string {
-	claims := map[string]any{"aud": "https://outlook.office.com", "iss": e.URL + "/", "appid": clientID,
-		"iat": e.now().Unix(), "exp": e.now().Add(e.accessLifetime).Unix()}
-	if appOnly {
-		claims["roles"] = []string{"SMTP.SendAsApp"}
+func (e *Entra) accessToken(g *AccessGrant) string {
+	claims := map[string]any{"aud": "https://outlook.office.com", "iss": e.URL + "/", "appid": g.ClientID,
+		"iat": e.now().Unix(), "exp": g.Expires.Unix()}
+	if g.AppOnly {
+		claims["roles"] = g.Roles
 	} else {
-		var scp []string
-		for _, sc := range strings.Fields(scope) {
-			if rest, ok := strings.CutPrefix(sc, "https://outlook.office.com/"); ok {
-				scp = append(scp, rest)
-			}
-		}
-		claims["scp"], claims["upn"] = strings.Join(scp, " "), upn
+		claims["scp"], claims["upn"] = strings.Join(g.Scopes, " "), g.UPN
 	}
 	return strings.TrimSuffix(unsignedJWT(claims), ".") + "." + randomToken("")
 }

@@ -89,6 +89,9 @@ type SMTP struct {
 	dropData      int
 	delay         time.Duration
 	onMessage     func(Message)
+	// deliver puts an accepted message into its recipients' INBOXes (the
+	// fake's IMAP and POP3 side); nil when there is none.
+	deliver func(Message)
 }
 
 // NewSMTP starts a fake submission server on 127.0.0.1 that checks XOAUTH2
@@ -486,6 +489,9 @@ func (f *fakeSession) Data(r io.Reader) error {
 		MailOptions: f.opts, RcptOptions: append([]smtp.RcptOptions(nil), f.rcptOpt...),
 	})
 	s.sent = append(s.sent, time.Now())
+	if s.deliver != nil {
+		s.deliver(s.messages[len(s.messages)-1])
+	}
 	if s.onMessage != nil {
 		go s.onMessage(s.messages[len(s.messages)-1])
 	}

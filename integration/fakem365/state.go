@@ -18,6 +18,8 @@ import (
 type Options struct {
 	EntraAddr string // host:port; "" = 127.0.0.1 with a random port
 	SMTPAddr  string
+	IMAPAddr  string
+	POP3Addr  string
 	// StateDir, when set, keeps the CA and the grants (refresh and access
 	// tokens) in files there, so a restarted fake still trusts the relay's
 	// tokens and its certificate still matches the relay's ca_file.
@@ -26,7 +28,7 @@ type Options struct {
 	OnMessage func(Message)
 }
 
-// StartWith starts both fakes as o says. Close stops them.
+// StartWith starts the fakes as o says. Close stops them.
 func StartWith(o Options) (*M365, error) {
 	ca, err := loadOrNewCA(o.StateDir)
 	if err != nil {
@@ -48,7 +50,26 @@ func StartWith(o Options) (*M365, error) {
 		return nil, err
 	}
 	s.onMessage = o.OnMessage
-	return &M365{Entra: entra, SMTP: s, CA: ca}, nil
+	mail := newMailstore()
+	s.deliver = func(msg Message) {
+		for _, rcpt := range msg.To {
+			mail.Deliver(rcpt, msg.Data)
+		}
+	}
+	im, err := newIMAPAt(entra, ca, mail, o.IMAPAddr)
+	if err != nil {
+		s.Close()
+		entra.Close()
+		return nil, err
+	}
+	pop, err := newPOP3At(entra, ca, mail, o.POP3Addr)
+	if err != nil {
+		im.Close()
+		s.Close()
+		entra.Close()
+		return nil, err
+	}
+	return &M365{Entra: entra, SMTP: s, IMAP: im, POP3: pop, Mail: mail, CA: ca}, nil
 }
 
 type caFile struct {
