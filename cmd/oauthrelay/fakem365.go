@@ -13,11 +13,13 @@ import (
 func newFakeM365Cmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fake-m365",
-		Short: "Run a fake Microsoft 365 (Entra ID + SMTP) on 127.0.0.1, to try oauthrelay without a tenant",
+		Short: "Run a fake Microsoft 365 (Entra ID, SMTP, IMAP, POP3) on 127.0.0.1, to try oauthrelay without a tenant",
 		Long: `fake-m365 runs a fake Entra ID (authorization code + PKCE, device code,
 client credentials, refresh with rotation) and a fake Microsoft 365 SMTP
 submission server (STARTTLS, XOAUTH2, Microsoft's replies) on this machine,
-so a relay can be set up and tried end to end without a tenant. Point an
+with implicit-TLS IMAP and POP3 servers (XOAUTH2 only) serving each
+mailbox's INBOX: what the fake SMTP accepted for it. So a relay can be set
+up and tried end to end without a tenant. Point an
 account's authority and upstream.addr/ca_file at it (it prints the lines).
 Each message it accepts is printed with its envelope. With --state DIR its
 CA and the tokens it issued survive a restart.
@@ -28,9 +30,11 @@ A device code is approved by opening
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			entraAddr, _ := cmd.Flags().GetString("entra-addr")
 			smtpAddr, _ := cmd.Flags().GetString("smtp-addr")
+			imapAddr, _ := cmd.Flags().GetString("imap-addr")
+			pop3Addr, _ := cmd.Flags().GetString("pop3-addr")
 			state, _ := cmd.Flags().GetString("state")
 			w := cmd.OutOrStdout()
-			m, err := fakem365.StartWith(fakem365.Options{EntraAddr: entraAddr, SMTPAddr: smtpAddr, StateDir: state,
+			m, err := fakem365.StartWith(fakem365.Options{EntraAddr: entraAddr, SMTPAddr: smtpAddr, IMAPAddr: imapAddr, POP3Addr: pop3Addr, StateDir: state,
 				OnMessage: func(msg fakem365.Message) {
 					fmt.Fprintf(w, "accepted: MAIL FROM:<%s> RCPT TO:<%s> %d bytes, signed in as %s\n",
 						msg.From, strings.Join(msg.To, ">,<"), len(msg.Data), msg.Mailbox)
@@ -51,6 +55,7 @@ A device code is approved by opening
 			}
 			fmt.Fprintf(w, "# fake Microsoft 365 running; in oauthrelay.yaml:\n")
 			fmt.Fprintf(w, "upstream:\n  addr: %s\n  ca_file: %s\naccounts:\n  - authority: %s   # on each account\n", m.SMTP.Addr, caFile, m.Entra.URL)
+			fmt.Fprintf(w, "# IMAP (implicit TLS, XOAUTH2): %s\n# POP3 (implicit TLS, XOAUTH2): %s\n", m.IMAP.Addr, m.POP3.Addr)
 			fmt.Fprintf(w, "# approve a device code: %s/device?code=<code>&upn=<mailbox>\n# Ctrl-C stops\n", m.Entra.URL)
 			<-cmd.Context().Done()
 			return nil
@@ -58,6 +63,8 @@ A device code is approved by opening
 	}
 	cmd.Flags().String("entra-addr", "127.0.0.1:0", "address of the fake Entra ID (host:port; port 0 picks one)")
 	cmd.Flags().String("smtp-addr", "127.0.0.1:0", "address of the fake SMTP submission server")
+	cmd.Flags().String("imap-addr", "127.0.0.1:0", "address of the fake IMAP server (implicit TLS, like outlook.office365.com:993)")
+	cmd.Flags().String("pop3-addr", "127.0.0.1:0", "address of the fake POP3 server (implicit TLS, like outlook.office365.com:995)")
 	cmd.Flags().String("state", "", "folder that keeps the CA and issued tokens across restarts")
 	cmd.Flags().String("ca-out", "", "where to write the CA certificate (default: <state>/ca.pem, or the temp folder)")
 	return cmd
