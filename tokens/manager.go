@@ -184,6 +184,9 @@ type account struct {
 	// smtpSince: when Microsoft's SMTP login refused the account (its
 	// state is SMTPAuthDisabled/Refused); a sign-in after it resumes.
 	smtpSince time.Time
+	// refused: IMAP/POP3 logins Microsoft refused with a fresh token, by
+	// protocol (protocols.go); cleared by a sign-in or Retry.
+	refused   map[string]Explanation
 	pendingRT string // a rotated refresh token not yet persisted
 	timer     *time.Timer
 }
@@ -588,6 +591,9 @@ func (m *Manager) putState(a *account, st State, ex Explanation, force bool) {
 	a.state, a.expl = st, ex
 	if !smtpState(st) {
 		a.smtpSince = time.Time{}
+	}
+	if force {
+		a.refused = nil // a sign-in or Retry: try IMAP and POP3 again too
 	}
 	a.mu.Unlock()
 	if !changed && !force {
