@@ -1,0 +1,322 @@
+package inbound
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// A client that sends its user name and password as literals gets
+// continuations, is signed in upstream with the account's token, and gets
+// the upstream's capabilities in its own tagged OK (without
+// COMPRESS=DEFLATE); the session is then relayed and reported.
+func TestIMAP_LoginWithLiteral(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok-1"}, imapUpstream("[CAPABILITY IMAP4 IMAP4rev1 IDLE COMPRESS=DEFLATE MOVE] "))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok-1"}}, nil)
+
+	c := dial(t, h.imapAddr)
+	c.expect("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR ID] oauthrelay IMAP proxy ready")
+	c.send("a0 CAPABILITY")
+	c.expect("* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR ID")
+	c.expect("a0 OK")
+	c.send(`a1 ID ("name" "test")`)
+	c.expect(`* ID ("name" "oauthrelay")`)
+	c.expect("a1 OK")
+	c.send(fmt.Sprintf("a2 LOGIN {%d}", len(testMailbox)))
+	c.expect("+ ")
+	c.send(testMailbox + " {9}")
+	c.expect("+ ")
+	c.send("s3cret pw")
+	if got := c.line(); got != "a2 OK [CAPABILITY IMAP4 IMAP4rev1 IDLE MOVE] LOGIN completed" {
+		t.Fatalf("login answer %q", got)
+	}
+	c.send("a3 NOOP")
+	c.expect("a3 OK NOOP completed.")
+	c.send("a4 LOGOUT")
+	c.expect("* BYE Microsoft Exchange")
+	c.expect("a4 OK LOGOUT")
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Errorf("after LOGOUT the relay should close: %v", err)
+	}
+	s := <-h.sessions
+	if s.Protocol != IMAP || s.User != testMailbox || s.Account != testAccount || s.BytesIn == 0 || s.BytesOut == 0 {
+		t.Errorf("session %+v", s)
+	}
+	if got := <-h.logins; got != "imap ok" {
+		t.Errorf("login event %q", got)
+	}
+	if up.xoa[0] != "user="+testMailbox+"\x01auth=Bearer tok-1\x01\x01" {
+		t.Errorf("XOAUTH2 sent %q", up.xoa[0])
+	}
+	if l := h.log(); strings.Contains(l, "tok-1") || strings.Contains(l, "s3cret") {
+		t.Errorf("a token or password in the log:\n%s", l)
+	}
+	if !strings.Contains(h.log(), "inbound: session ended") {
+		t.Errorf("no session line in the log:\n%s", h.log())
+	}
+}
+
+// AUTHENTICATE PLAIN with the initial response (SASL-IR) and without it;
+// when the upstream's OK has no capabilities the relay asks for them.
+func TestIMAP_AuthenticatePlain(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok-1"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok-1"}}, nil)
+
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("x AUTHENTICATE PLAIN " + plain("app", "apppw"))
+	c.expect("x OK [CAPABILITY IMAP4 IMAP4rev1 IDLE MOVE UIDPLUS] LOGIN completed")
+	c.send("y NOOP")
+	c.expect("y OK")
+
+	c2 := dial(t, h.imapAddr)
+	c2.expect("* OK")
+	c2.send("x AUTHENTICATE PLAIN")
+	c2.expect("+ ")
+	c2.send(plain(testMailbox, "s3cret pw"))
+	c2.expect("x OK [CAPABILITY IMAP4 IMAP4rev1 IDLE MOVE UIDPLUS] LOGIN completed")
+}
+
+// A wrong password or an unknown user is refused as such, and nothing is
+// sent upstream; after three the session ends.
+func TestIMAP_WrongPasswordNeverReachesUpstream(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok-1"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok-1"}}, nil)
+
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send(`a LOGIN "helpdesk@contoso.com" "wrong"`)
+	c.expect("a NO [AUTHENTICATIONFAILED]")
+	c.send(`b LOGIN nobody@contoso.com wrong`)
+	c.expect("b NO [AUTHENTICATIONFAILED]")
+	c.send("c AUTHENTICATE PLAIN " + plain("app", "nope"))
+	c.expect("c NO [AUTHENTICATIONFAILED]")
+	c.expect("* BYE")
+	if n := up.conns.Load(); n != 0 {
+		t.Errorf("%d upstream connections for wrong passwords", n)
+	}
+	for range 3 {
+		if got := <-h.logins; got != "imap bad_password" {
+			t.Errorf("login event %q", got)
+		}
+	}
+}
+
+// Microsoft refusing the token: the relay drops it and tries once more
+// with a fresh one; refused again, it records the refusal and tells the
+// client to try later — never [AUTHENTICATIONFAILED].
+func TestIMAP_TokenRefused(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, nil, imapUpstream(""))
+	toks := &fakeTokens{tokens: []string{"stale", "fresh"}}
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", toks, nil)
+
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a NO [UNAVAILABLE]")
+	if toks.invalidated != 1 || up.conns.Load() != 2 {
+		t.Errorf("invalidated %d, upstream connections %d: want one retry with a fresh token", toks.invalidated, up.conns.Load())
+	}
+	if len(toks.refusals) != 1 || toks.refusals[0] != "helpdesk imap NO AUTHENTICATE failed." {
+		t.Errorf("refusals recorded: %q", toks.refusals)
+	}
+	if !strings.Contains(up.xoa[1], "Bearer fresh") {
+		t.Errorf("second try used %q", up.xoa[1])
+	}
+	if got := <-h.logins; got != "imap refused" {
+		t.Errorf("login event %q", got)
+	}
+}
+
+// A stale token refused once is not the account's problem: the fresh one
+// signs in.
+func TestIMAP_StaleTokenRetriedFresh(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"fresh"}, imapUpstream(""))
+	toks := &fakeTokens{tokens: []string{"stale", "fresh"}}
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", toks, nil)
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a OK [CAPABILITY")
+	if len(toks.refusals) != 0 {
+		t.Errorf("refusal recorded for a stale token: %q", toks.refusals)
+	}
+}
+
+// An account that needs attention, or an upstream that cannot be reached,
+// is a temporary failure.
+func TestIMAP_Unavailable(t *testing.T) {
+	_, pool := testTLS(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+
+	h := newHarness(t, pool, dead, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("* BYE [UNAVAILABLE] cannot reach Microsoft 365")
+
+	h2 := newHarness(t, pool, dead, "127.0.0.1:1", &fakeTokens{err: &tokens.AccountError{Account: testAccount, State: tokens.NeedsReconnect,
+		Explanation: tokens.Explanation{Title: "the sign-in expired"}}}, nil)
+	c2 := dial(t, h2.imapAddr)
+	c2.expect("* OK")
+	c2.send("a LOGIN app apppw")
+	c2.expect("a NO [UNAVAILABLE] account helpdesk needs attention at the relay: the sign-in expired")
+
+	h3 := newHarness(t, pool, dead, "127.0.0.1:1", &fakeTokens{err: errors.New("entra down")}, nil)
+	c3 := dial(t, h3.imapAddr)
+	c3.expect("* OK")
+	c3.send("a LOGIN app apppw")
+	c3.expect("a NO [UNAVAILABLE]")
+}
+
+// A 1 MiB literal goes through the relay both ways byte for byte.
+func TestIMAP_OneMegabyteLiteralRelayedExactly(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a OK")
+
+	body := make([]byte, 1<<20)
+	rand.Read(body)
+	c.send(fmt.Sprintf("b APPEND INBOX {%d}", len(body)))
+	c.expect("+ ")
+	c.c.Write(body)
+	c.send("")
+	c.expect(fmt.Sprintf("* 1 FETCH (BODY[] {%d}", len(body)))
+	got := make([]byte, len(body))
+	if _, err := io.ReadFull(c.r, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, body) {
+		t.Fatal("the literal came back changed")
+	}
+	c.expect(")")
+	c.expect("b OK APPEND completed.")
+	c.c.Close()
+	s := <-h.sessions
+	if s.BytesIn < 1<<20 || s.BytesOut < 1<<20 {
+		t.Errorf("bytes in %d out %d", s.BytesIn, s.BytesOut)
+	}
+}
+
+// The per-account cap refuses a session beyond it as temporary.
+func TestIMAP_TooManyConnectionsForTheMailbox(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.MaxConnectionsPerAccount = 1 })
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a OK")
+	c2 := dial(t, h.imapAddr)
+	c2.expect("* OK")
+	c2.send("a LOGIN app apppw")
+	c2.expect("a NO [UNAVAILABLE] too many connections for this mailbox")
+	c.send("z LOGOUT")
+	c.expect("* BYE")
+	c.expect("z OK")
+	<-h.sessions
+	c2.send("b LOGIN app apppw")
+	c2.expect("b OK")
+}
+
+// An address that keeps guessing is locked out: even the right password
+// is refused, as temporary, unchecked.
+func TestIMAP_LockoutAfterFailedLogins(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.LockoutBase = time.Hour })
+	for i := 0; i < freeFailures+1; i++ {
+		c := dial(t, h.imapAddr)
+		c.expect("* OK")
+		c.send("a LOGIN app wrong")
+		c.expect("a NO [AUTHENTICATIONFAILED]")
+	}
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a NO [UNAVAILABLE] too many failed logins")
+	if up.conns.Load() != 0 {
+		t.Error("a locked-out login reached the upstream")
+	}
+	if !strings.Contains(h.log(), "locked out") {
+		t.Errorf("lock not logged:\n%s", h.log())
+	}
+}
+
+// Beyond loopback there is no login without TLS; beyond allowed_networks
+// no session at all.
+func TestIMAP_OnlyLoopbackMayLogIn(t *testing.T) {
+	_, pool := testTLS(t)
+	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
+	run := func(remote string) *client {
+		a, b := net.Pipe()
+		go h.srv.imapSession(remoteConn{a, remote})
+		t.Cleanup(func() { b.Close() })
+		return &client{t: t, c: b, r: newLineReader(b).r}
+	}
+	c := run("192.0.2.7:40000")
+	c.expect("* OK [CAPABILITY IMAP4rev1 LOGINDISABLED ID]")
+	c.send("a LOGIN app apppw")
+	c.expect("a NO [PRIVACYREQUIRED]")
+	c.send("b AUTHENTICATE PLAIN " + plain("app", "apppw"))
+	c.expect("b NO [PRIVACYREQUIRED]")
+
+	c2 := run("198.51.100.1:40000")
+	c2.expect("* BYE access denied: 198.51.100.1 is not in listen.allowed_networks")
+}
+
+type remoteConn struct {
+	net.Conn
+	remote string
+}
+
+func (r remoteConn) RemoteAddr() net.Addr {
+	a, _ := net.ResolveTCPAddr("tcp", r.remote)
+	return a
+}
+
+// Arguments as clients write them: atoms, quoted strings with escapes,
+// lists, literals.
+func TestScanIMAPArgs(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []string
+		n    int
+		sync bool
+		err  bool
+	}{
+		{`a LOGIN user pass`, []string{"a", "LOGIN", "user", "pass"}, -1, false, false},
+		{`a LOGIN "us\"er" "p a\\ss"`, []string{"a", "LOGIN", `us"er`, `p a\ss`}, -1, false, false},
+		{`a LOGIN {4}`, []string{"a", "LOGIN"}, 4, true, false},
+		{`a LOGIN user {4+}`, []string{"a", "LOGIN", "user"}, 4, false, false},
+		{`a ID ("name" "x")`, []string{"a", "ID", "(", "name", "x", ")"}, -1, false, false},
+		{`a LOGIN "open`, []string{"a", "LOGIN"}, -1, false, true},
+		{`a LOGIN {x}`, []string{"a", "LOGIN"}, -1, false, true},
+		{`a LOGIN {4} b`, []string{"a", "LOGIN"}, -1, false, true},
+	}
+	for _, tc := range cases {
+		got, n, sync, err := scanIMAPArgs(tc.in)
+		if (err != nil) != tc.err || n != tc.n || sync != tc.sync || strings.Join(got, "|") != strings.Join(tc.want, "|") {
+			t.Errorf("scan %q = %q %d %v %v", tc.in, got, n, sync, err)
+		}
+	}
+}

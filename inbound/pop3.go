@@ -1,0 +1,246 @@
+package inbound
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// The POP3 proxy (RFC 1939). Before login it answers CAPA (RFC 2449),
+// USER/PASS, AUTH PLAIN (RFC 5034, RFC 4616) and QUIT itself; its errors
+// carry RFC 3206 response codes: [AUTH] for a wrong password, [SYS/TEMP]
+// for what may pass, [SYS/PERM] for what will not.
+
+const (
+	pop3Greeting = "+OK oauthrelay POP3 proxy ready"
+	// pop3MaxLine bounds a line before login (an AUTH response can be
+	// longer than RFC 2449's 255 octets).
+	pop3MaxLine = 8 << 10
+	pop3MaxBad  = 20
+)
+
+type pop3Conn struct {
+	s        *Server
+	c        net.Conn
+	r        *lineReader
+	ip       netip.Addr
+	loopback bool
+}
+
+func (pc *pop3Conn) write(format string, args ...any) error {
+	_, err := fmt.Fprintf(pc.c, format+"\r\n", args...)
+	return err
+}
+
+// pop3Session runs one client's POP3 session: login here, then the relay.
+func (s *Server) pop3Session(c net.Conn) {
+	ip, ok, loopback := s.allowed(c)
+	pc := &pop3Conn{s: s, c: c, r: newLineReader(c), ip: ip, loopback: loopback}
+	c.SetWriteDeadline(time.Now().Add(s.opts.LoginTimeout))
+	if !ok {
+		pc.write("-ERR [SYS/PERM] access denied: %s is not in listen.allowed_networks", ip)
+		return
+	}
+	pc.write("%s", pop3Greeting)
+	var user string
+	bad, failures := 0, 0
+	for bad < pop3MaxBad && failures < maxLoginFailures {
+		c.SetDeadline(time.Now().Add(s.opts.LoginTimeout))
+		line, err := pc.r.readLine(pop3MaxLine)
+		if err != nil {
+			if err == errLineTooLong {
+				pc.write("-ERR line too long")
+			}
+			return
+		}
+		cmd, arg, _ := strings.Cut(line, " ")
+		switch strings.ToUpper(cmd) {
+		case "CAPA":
+			pc.write("+OK capability list follows")
+			if loopback {
+				pc.write("USER")
+				pc.write("SASL PLAIN")
+			}
+			pc.write("RESP-CODES")
+			pc.write("AUTH-RESP-CODE")
+			pc.write("IMPLEMENTATION oauthrelay")
+			pc.write(".")
+		case "QUIT":
+			pc.write("+OK oauthrelay POP3 proxy signing off")
+			return
+		case "USER":
+			if arg == "" {
+				pc.write("-ERR USER needs a name")
+				bad++
+				continue
+			}
+			user = arg
+			pc.write("+OK")
+		case "PASS":
+			if user == "" {
+				pc.write("-ERR USER first")
+				bad++
+				continue
+			}
+			done, failed := pc.login(user, arg)
+			user = ""
+			if done {
+				return
+			}
+			if failed {
+				failures++
+			}
+		case "AUTH":
+			if arg == "" {
+				pc.write("+OK")
+				pc.write("PLAIN")
+				pc.write(".")
+				continue
+			}
+			u, p, msg, err := pc.authPlain(arg)
+			if err != nil {
+				return
+			}
+			if msg != "" {
+				pc.write("%s", msg)
+				bad++
+				continue
+			}
+			done, failed := pc.login(u, p)
+			if done {
+				return
+			}
+			if failed {
+				failures++
+			}
+		case "STLS":
+			pc.write("-ERR STLS is not offered yet: connect from this machine (loopback)")
+			bad++
+		default:
+			pc.write("-ERR %s is unknown or not allowed before login", strings.ToUpper(cmd))
+			bad++
+		}
+	}
+	pc.write("-ERR too many errors")
+}
+
+// authPlain reads AUTH PLAIN's response (initial or after "+ ") and
+// decodes it; msg is a refusal for the client, err a connection failure.
+func (pc *pop3Conn) authPlain(arg string) (user, pass, msg string, err error) {
+	mech, resp, hasIR := strings.Cut(arg, " ")
+	if !strings.EqualFold(mech, "PLAIN") {
+		return "", "", "-ERR unsupported authentication mechanism; use PLAIN", nil
+	}
+	if !hasIR {
+		if err := pc.write("+ "); err != nil {
+			return "", "", "", err
+		}
+		if resp, err = pc.r.readLine(pop3MaxLine); err != nil {
+			return "", "", "", err
+		}
+	}
+	if resp == "*" {
+		return "", "", "-ERR AUTH cancelled", nil
+	}
+	user, pass, ok := decodePlain(resp)
+	if !ok {
+		return "", "", "-ERR invalid AUTH PLAIN response", nil
+	}
+	return user, pass, "", nil
+}
+
+// login checks the local password and signs in upstream. done: the
+// session is over (relayed, or ended); failed: a wrong password.
+func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
+	s := pc.s
+	if !pc.loopback {
+		s.event(POP3, LoginNotPrivate)
+		pc.write("-ERR [SYS/PERM] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet")
+		return false, false
+	}
+	account, result := s.checkPassword(pc.ip, POP3, user, pass)
+	switch result {
+	case LoginLockedOut:
+		s.event(POP3, result)
+		pc.write("-ERR [SYS/TEMP] too many failed logins from your address; try again later")
+		return false, false
+	case LoginBadPassword:
+		s.event(POP3, result)
+		pc.write("-ERR [AUTH] invalid user name or password")
+		return false, true
+	}
+	if !s.acquire(account) {
+		s.event(POP3, LoginBusy)
+		s.log.Warn("inbound: too many connections for the account", "protocol", POP3, "account", account, "max", s.opts.MaxConnectionsPerAccount)
+		pc.write("-ERR [SYS/TEMP] too many connections for this mailbox")
+		return false, false
+	}
+	defer s.release(account)
+	var ok string
+	u, fail := s.signIn(POP3, s.opts.POP3Upstream, account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
+		var refusal string
+		var err error
+		ok, refusal, err = pop3UpstreamLogin(u, cred)
+		return refusal, err
+	})
+	if fail != nil {
+		s.event(POP3, fail.kind)
+		pc.write("-ERR [SYS/TEMP] %s", fail.msg)
+		return fail.closeClient, false
+	}
+	s.event(POP3, LoginOK)
+	pc.c.SetDeadline(time.Time{})
+	if err := pc.write("%s", ok); err != nil {
+		u.conn.Close()
+		return true, false
+	}
+	s.session(POP3, pc.c, pc.r.r, user, account, u)
+	return true, false
+}
+
+// pop3UpstreamLogin reads Exchange Online's greeting and signs in with
+// AUTH XOAUTH2 and the initial response. It returns the +OK line to pass
+// to the client, or Microsoft's refusal ("-ERR Authentication failure…"),
+// or an error when the upstream made no sense.
+func pop3UpstreamLogin(u *upstreamConn, cred tokens.Credential) (ok, refusal string, err error) {
+	greet, err := u.br.readLine(pop3MaxLine)
+	if err != nil {
+		return "", "", fmt.Errorf("reading the greeting: %w", err)
+	}
+	if !strings.HasPrefix(greet, "+OK") {
+		return "", "", fmt.Errorf("greeting %q", truncate(greet, 200))
+	}
+	mech, ir, err := cred.SASL.Start()
+	if err != nil {
+		return "", "", err
+	}
+	if _, err := fmt.Fprintf(u.conn, "AUTH %s %s\r\n", mech, base64.StdEncoding.EncodeToString(ir)); err != nil {
+		return "", "", err
+	}
+	for {
+		line, err := u.br.readLine(64 << 10)
+		if err != nil {
+			return "", "", fmt.Errorf("reading the AUTH reply: %w", err)
+		}
+		switch {
+		case strings.HasPrefix(line, "+OK"):
+			return line, "", nil
+		case strings.HasPrefix(line, "-ERR"):
+			return "", line, nil
+		case strings.HasPrefix(line, "+"):
+			// An error report as a challenge (XOAUTH2 has one message):
+			// an empty response gets the -ERR.
+			if _, err := io.WriteString(u.conn, "\r\n"); err != nil {
+				return "", "", err
+			}
+		default:
+			return "", "", fmt.Errorf("AUTH answered %q", truncate(line, 200))
+		}
+	}
+}

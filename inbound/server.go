@@ -1,0 +1,377 @@
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// Protocol names, as in accounts[].protocols, logs and metrics.
+const (
+	IMAP = "imap"
+	POP3 = "pop3"
+)
+
+// TokenSource signs the relay in to Exchange Online; *tokens.Manager is one.
+type TokenSource interface {
+	// AuthFor returns a credential for account's mailbox for protocol, or
+	// an *tokens.AccountError when the account needs attention.
+	AuthFor(ctx context.Context, account, protocol string) (tokens.Credential, error)
+	// Invalidate drops account's cached access token.
+	Invalidate(account string)
+	// AuthRefused records that Microsoft refused a fresh token for
+	// protocol; reply is Microsoft's answer.
+	AuthRefused(account, protocol, reply string) tokens.Explanation
+}
+
+// Login results, for Events.Login and the metric.
+const (
+	LoginOK          = "ok"
+	LoginBadPassword = "bad_password" // wrong local password or unknown user
+	LoginLockedOut   = "locked_out"   // the address is locked out (lockout.go)
+	LoginNotPrivate  = "not_private"  // login from a non-loopback address
+	LoginBusy        = "busy"         // the account has max connections open
+	LoginUnavailable = "unavailable"  // no token, or upstream unreachable
+	LoginRefused     = "refused"      // Microsoft refused a fresh token
+)
+
+// Session is one relayed session, reported when it ends. It holds no
+// password and no token.
+type Session struct {
+	Protocol string
+	Client   string // client address
+	User     string // local user
+	Account  string
+	Duration time.Duration // from login to close
+	// BytesIn went from the client to Microsoft, BytesOut back.
+	BytesIn, BytesOut int64
+}
+
+// Events lets the caller observe the proxies (metrics). Either may be nil.
+type Events struct {
+	Login   func(protocol, result string)
+	Session func(Session)
+}
+
+// Options configure a Server. Timings are fields so tests use milliseconds.
+type Options struct {
+	Users  *Users
+	Tokens TokenSource
+	// AllowedNetworks may connect (listen.allowed_networks); others are
+	// refused before any command.
+	AllowedNetworks []netip.Prefix
+	// IMAPUpstream and POP3Upstream are host:port of Exchange Online's
+	// servers, spoken to with implicit TLS.
+	IMAPUpstream, POP3Upstream string
+	// RootCAs verify the upstream's certificate (system roots plus
+	// upstream.ca_file); nil uses the system roots.
+	RootCAs *x509.CertPool
+	// MaxConnectionsPerAccount caps the sessions open at once per account,
+	// both protocols. Exchange Online limits concurrent IMAP/POP connections
+	// per mailbox, but ../shared/M365.md gives no documented figure; 16 is
+	// the relay's own default (Exchange Server's per-user default), not
+	// Microsoft's. Default 16.
+	MaxConnectionsPerAccount int
+	// LoginTimeout bounds each client read before login. Default 1 min.
+	LoginTimeout time.Duration
+	// DialTimeout bounds connecting to the upstream with TLS; UpstreamTimeout
+	// each upstream reply during its login. Defaults 30 s each.
+	DialTimeout, UpstreamTimeout time.Duration
+	// TokenTimeout bounds getting a credential. Default 1 min.
+	TokenTimeout time.Duration
+	// CloseGrace: once one side of a relayed session has closed, the other
+	// has this long to finish before both are closed. Default 30 s.
+	CloseGrace time.Duration
+	// LockoutBase and LockoutMax: the first and longest lock of an address
+	// after failed logins. Defaults 1 s and 15 min.
+	LockoutBase, LockoutMax time.Duration
+	Events                  Events
+	Logger                  *slog.Logger
+}
+
+// Server runs the IMAP and POP3 proxies.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	lockout *lockout
+
+	mu         sync.Mutex
+	perAccount map[string]int
+	conns      map[net.Conn]struct{}
+	listeners  []net.Listener
+	closed     bool
+	wg         sync.WaitGroup
+}
+
+// New returns a Server for opts.
+func New(opts Options) *Server {
+	if opts.MaxConnectionsPerAccount <= 0 {
+		opts.MaxConnectionsPerAccount = 16
+	}
+	if opts.LoginTimeout <= 0 {
+		opts.LoginTimeout = time.Minute
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 30 * time.Second
+	}
+	if opts.UpstreamTimeout <= 0 {
+		opts.UpstreamTimeout = 30 * time.Second
+	}
+	if opts.TokenTimeout <= 0 {
+		opts.TokenTimeout = time.Minute
+	}
+	if opts.CloseGrace <= 0 {
+		opts.CloseGrace = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, log: opts.Logger, lockout: newLockout(opts.LockoutBase, opts.LockoutMax, opts.Logger),
+		perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
+}
+
+// ServeIMAP accepts IMAP clients on ln until Close.
+func (s *Server) ServeIMAP(ln net.Listener) error { return s.serve(ln, IMAP) }
+
+// ServePOP3 accepts POP3 clients on ln until Close.
+func (s *Server) ServePOP3(ln net.Listener) error { return s.serve(ln, POP3) }
+
+func (s *Server) serve(ln net.Listener, protocol string) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if !s.track(c) {
+			c.Close()
+			continue
+		}
+		// Everything slow (bcrypt, tokens, dialling) happens in the
+		// session's goroutine, never here.
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			if protocol == IMAP {
+				s.imapSession(c)
+			} else {
+				s.pop3Session(c)
+			}
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Close stops accepting, cuts every session (an IMAP session can idle for
+// hours; its client reconnects) and waits for their goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// allowed reports whether a client may connect, and whether it is on
+// loopback (the only place a password may come from without TLS).
+func (s *Server) allowed(c net.Conn) (ip netip.Addr, ok, loopback bool) {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}, false, false
+	}
+	ip = ap.Addr().Unmap()
+	for _, p := range s.opts.AllowedNetworks {
+		if p.Contains(ip) {
+			return ip, true, ip.IsLoopback()
+		}
+	}
+	return ip, false, false
+}
+
+func (s *Server) event(protocol, result string) {
+	if s.opts.Events.Login != nil {
+		s.opts.Events.Login(protocol, result)
+	}
+}
+
+// checkPassword is the local half of a login: the lockout, then bcrypt.
+// It returns the user's account, or the login result that refuses it.
+func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (account, result string) {
+	if s.lockout.locked(ip) {
+		return "", LoginLockedOut
+	}
+	account, ok := s.opts.Users.check(user, pass)
+	if !ok {
+		s.lockout.fail(ip, protocol)
+		s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", user)
+		return "", LoginBadPassword
+	}
+	s.lockout.success(ip)
+	return account, ""
+}
+
+// acquire takes one of account's session slots; release gives it back.
+func (s *Server) acquire(account string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perAccount[account] >= s.opts.MaxConnectionsPerAccount {
+		return false
+	}
+	s.perAccount[account]++
+	return true
+}
+
+func (s *Server) release(account string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perAccount[account]--; s.perAccount[account] <= 0 {
+		delete(s.perAccount, account)
+	}
+}
+
+// upstreamConn is a TLS connection to Exchange Online during its login.
+type upstreamConn struct {
+	conn net.Conn
+	br   *lineReader
+}
+
+// signInFailure says why the relay could not sign in upstream; kind is a
+// login result (LoginUnavailable, LoginRefused), msg words for the client.
+type signInFailure struct {
+	kind string
+	msg  string
+	// closeClient: the upstream could not be reached or made no sense; the
+	// client's connection ends too (IMAP BYE).
+	closeClient bool
+}
+
+// upstreamLogin signs in on a freshly dialled upstream with cred. It
+// returns Microsoft's refusal text when the token was refused (the
+// connection is then useless), or an error when the upstream could not be
+// spoken to.
+type upstreamLogin func(u *upstreamConn, cred tokens.Credential) (refusal string, err error)
+
+// signIn gets the account's credential, dials addr and logs in; a refused
+// token is dropped and tried once more fresh, and a second refusal is
+// recorded (package comment).
+func (s *Server) signIn(protocol, addr, account string, login upstreamLogin) (*upstreamConn, *signInFailure) {
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.TokenTimeout)
+		cred, err := s.opts.Tokens.AuthFor(ctx, account, protocol)
+		cancel()
+		if err != nil {
+			var ae *tokens.AccountError
+			if errors.As(err, &ae) {
+				s.log.Warn("inbound: account cannot sign in", "protocol", protocol, "account", account, "state", string(ae.State), "explanation", ae.Explanation.String())
+				return nil, &signInFailure{kind: LoginUnavailable, msg: "account " + account + " needs attention at the relay: " + ae.Explanation.Title}
+			}
+			s.log.Warn("inbound: no token for the account", "protocol", protocol, "account", account, "error", err.Error())
+			return nil, &signInFailure{kind: LoginUnavailable, msg: "cannot get a sign-in for " + account + " from Microsoft now; try again later"}
+		}
+		u, err := s.dial(addr)
+		if err != nil {
+			s.log.Warn("inbound: upstream unreachable", "protocol", protocol, "account", account, "upstream", addr, "error", err.Error())
+			return nil, &signInFailure{kind: LoginUnavailable, msg: "cannot reach Microsoft 365 (" + addr + "); try again later", closeClient: true}
+		}
+		u.conn.SetDeadline(time.Now().Add(s.opts.UpstreamTimeout))
+		refusal, err := login(u, cred)
+		if err != nil {
+			u.conn.Close()
+			s.log.Warn("inbound: upstream login failed", "protocol", protocol, "account", account, "upstream", addr, "error", err.Error())
+			return nil, &signInFailure{kind: LoginUnavailable, msg: "Microsoft 365 (" + addr + ") did not answer as expected; try again later", closeClient: true}
+		}
+		if refusal == "" {
+			u.conn.SetDeadline(time.Time{})
+			return u, nil
+		}
+		u.conn.Close()
+		if attempt == 1 {
+			s.log.Info("inbound: Microsoft refused the token; trying once more with a fresh one", "protocol", protocol, "account", account, "reply", refusal, "token", cred.Fingerprint)
+			s.opts.Tokens.Invalidate(account)
+			continue
+		}
+		ex := s.opts.Tokens.AuthRefused(account, protocol, refusal)
+		return nil, &signInFailure{kind: LoginRefused, msg: "Microsoft refused the relay's sign-in for this mailbox (" + ex.Title + "); the relay's admin must look at account " + account}
+	}
+}
+
+// dial connects to addr with implicit TLS, verified against RootCAs. A
+// token is never sent without TLS.
+func (s *Server) dial(addr string) (*upstreamConn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout},
+		Config: &tls.Config{ServerName: host, RootCAs: s.opts.RootCAs, MinVersion: tls.VersionTLS12}}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DialTimeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &upstreamConn{conn: c, br: newLineReader(c)}, nil
+}
+
+// session runs the relay for a logged-in client and reports it.
+func (s *Server) session(protocol string, client net.Conn, fromClient io.Reader, user, account string, u *upstreamConn) {
+	start := time.Now()
+	in, out := pipe(client, fromClient, u.conn, u.br.r, s.opts.CloseGrace)
+	sess := Session{Protocol: protocol, Client: client.RemoteAddr().String(), User: user, Account: account,
+		Duration: time.Since(start), BytesIn: in, BytesOut: out}
+	s.log.Info("inbound: session ended", "protocol", protocol, "client", sess.Client, "user", user, "account", account,
+		"duration", sess.Duration.Round(time.Millisecond).String(), "bytes_in", in, "bytes_out", out)
+	if s.opts.Events.Session != nil {
+		s.opts.Events.Session(sess)
+	}
+}
