@@ -31,6 +31,7 @@ type IMAP struct {
 	Store *Mailstore
 
 	server *imapserver.Server
+	ln     net.Listener
 	auths  atomic.Int64
 	authOK atomic.Int64
 }
@@ -53,13 +54,17 @@ func newIMAPAt(entra *Entra, ca *CA, store *Mailstore, addr string) (*IMAP, erro
 		Caps:   imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}, imap.CapNamespace: {}, imap.CapMove: {}},
 		Logger: quietLog{},
 	})
-	tln := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.Server}, MinVersion: tls.VersionTLS12})
-	go s.server.Serve(tln)
+	s.ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.Server}, MinVersion: tls.VersionTLS12})
+	go s.server.Serve(s.ln)
 	return s, nil
 }
 
 // Close stops the server and drops every connection.
-func (s *IMAP) Close() error { return s.server.Close() }
+func (s *IMAP) Close() error {
+	err := s.server.Close()
+	s.ln.Close() // in case Serve had not started yet
+	return err
+}
 
 // Auths is how many AUTHENTICATE attempts were made, and how many succeeded.
 func (s *IMAP) Auths() (attempts, ok int) { return int(s.auths.Load()), int(s.authOK.Load()) }
@@ -129,14 +134,10 @@ func (x *imapSession) Select(name string, options *imap.SelectOptions) (*imap.Se
 // read-only mailbox changes); imapmemserver would set it for BODY[].
 func (x *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
 	if x.readOnly {
-		o := *options
-		o.BodySection = nil
+		// In place: imapserver knows RFC822 from BODY[] by the pointer.
 		for _, bs := range options.BodySection {
-			peek := *bs
-			peek.Peek = true
-			o.BodySection = append(o.BodySection, &peek)
+			bs.Peek = true
 		}
-		options = &o
 	}
 	return x.UserSession.Fetch(w, numSet, options)
 }

@@ -2,6 +2,8 @@ package fakem365
 
 import (
 	"crypto/tls"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +133,8 @@ func TestIMAP_AppOnlyTokenOpensAnyMailbox(t *testing.T) {
 // SASL-IR gets an empty "+ " challenge, refusals read as Exchange's.
 func TestIMAP_ExchangeRepliesWordForWord(t *testing.T) {
 	m := start(t)
+	body := "Subject: raw\r\n\r\n.dot\r\n"
+	m.Deliver(mailbox, []byte(body))
 	l := dialLines(t, m, m.IMAP.Addr)
 	l.expect("* OK")
 	l.send("a1 LOGIN " + mailbox + " password")
@@ -153,7 +157,21 @@ func TestIMAP_ExchangeRepliesWordForWord(t *testing.T) {
 	l.line()
 	l.send(xoauth2B64(mailbox, tokenWith(t, m, scopeIMAP)))
 	if got := l.expect("a4 "); !strings.HasPrefix(got, "a4 OK") {
-		t.Errorf("good token without SASL-IR: %q", got)
+		t.Fatalf("good token without SASL-IR: %q", got)
+	}
+	l.send("a5 EXAMINE INBOX")
+	l.expect("a5 OK")
+	l.send("a6 UID FETCH 1:* (RFC822.SIZE RFC822)")
+	head := l.expect("* 1 FETCH")
+	if want := fmt.Sprintf("RFC822 {%d}", len(body)); !strings.Contains(head, want) {
+		t.Fatalf("FETCH RFC822 answered %q, want %q", head, want)
+	}
+	got := make([]byte, len(body))
+	if _, err := io.ReadFull(l.r, got); err != nil || string(got) != body {
+		t.Errorf("RFC822 literal %q (%v), want %q", got, err, body)
+	}
+	if got := l.expect("a6 "); !strings.HasPrefix(got, "a6 OK") {
+		t.Errorf("UID FETCH: %q", got)
 	}
 }
 
