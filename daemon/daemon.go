@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/inbound"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/relay/admin"
@@ -32,6 +33,9 @@ type Relay struct {
 	Queue    *queue.Queue
 	Upstream *relay.Upstream
 	Listener *relay.Listener
+	// Inbound serves local IMAP and POP3 (package inbound); nil while
+	// inbound.imap.addr and inbound.pop3.addr are empty.
+	Inbound *inbound.Server
 	// Admin is the admin HTTP handler: status page, API, Connect, metrics, health.
 	Admin   http.Handler
 	Metrics *Metrics
@@ -39,6 +43,7 @@ type Relay struct {
 	AdminToken string
 
 	smtpLn, adminLn net.Listener
+	imapLn, pop3Ln  net.Listener
 	adminSrv        *http.Server
 	cancel          context.CancelFunc
 	wg              sync.WaitGroup
@@ -174,6 +179,13 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 
 	r.Listener = relay.NewListener(lc, r.Queue, relay.NewRouter(routes), log, hooks.Listener)
+	if c.Inbound.Enabled() {
+		if r.Inbound, err = newInbound(c, lc, uc, r.Tokens, r.Metrics, log); err != nil {
+			r.Queue.Close(context.Background())
+			r.Upstream.Close()
+			return nil, err
+		}
+	}
 
 	r.AdminToken = c.Admin.Token
 	if r.AdminToken == "" {
@@ -248,16 +260,31 @@ func webhook(url, publicURL string, log *slog.Logger) (notify func(tokens.Accoun
 	return notify, func() { once.Do(func() { close(done) }) }
 }
 
-// Start listens on listen.addr and admin.addr and starts background work.
+// Start listens on listen.addr and admin.addr (and inbound.imap.addr and
+// inbound.pop3.addr when set) and starts background work.
 func (r *Relay) Start() error {
-	smtpLn, err := net.Listen("tcp", r.Config.Listen.Addr)
-	if err != nil {
-		return fmt.Errorf("listen.addr %s: %w", r.Config.Listen.Addr, err)
+	type want struct {
+		key, addr string
+		ln        *net.Listener
 	}
-	adminLn, err := net.Listen("tcp", r.Config.Admin.Addr)
-	if err != nil {
-		smtpLn.Close()
-		return fmt.Errorf("admin.addr %s: %w", r.Config.Admin.Addr, err)
+	var smtpLn, adminLn net.Listener
+	wants := []want{{"listen.addr", r.Config.Listen.Addr, &smtpLn}, {"admin.addr", r.Config.Admin.Addr, &adminLn}}
+	if r.Inbound != nil && r.Config.Inbound.IMAP.Addr != "" {
+		wants = append(wants, want{"inbound.imap.addr", r.Config.Inbound.IMAP.Addr, &r.imapLn})
+	}
+	if r.Inbound != nil && r.Config.Inbound.POP3.Addr != "" {
+		wants = append(wants, want{"inbound.pop3.addr", r.Config.Inbound.POP3.Addr, &r.pop3Ln})
+	}
+	for i, w := range wants {
+		ln, err := net.Listen("tcp", w.addr)
+		if err != nil {
+			for _, o := range wants[:i] {
+				(*o.ln).Close()
+				*o.ln = nil
+			}
+			return fmt.Errorf("%s %s: %w", w.key, w.addr, err)
+		}
+		*w.ln = ln
 	}
 	r.StartWith(smtpLn, adminLn)
 	return nil
@@ -288,7 +315,25 @@ func (r *Relay) StartWith(smtpLn, adminLn net.Listener) {
 			r.Log.Error("admin server stopped", "error", err.Error())
 		}
 	}()
-	r.Log.Info("oauthrelay started", "smtp", r.SMTPAddr(), "admin", AdminPublicURL(r.Config), "admin_listen", r.AdminAddr(), "spool", r.Config.Spool.Dir, "accounts", len(r.Config.Accounts))
+	attrs := []any{"smtp", r.SMTPAddr(), "admin", AdminPublicURL(r.Config), "admin_listen", r.AdminAddr(), "spool", r.Config.Spool.Dir, "accounts", len(r.Config.Accounts)}
+	for _, in := range []struct {
+		name  string
+		ln    net.Listener
+		serve func(net.Listener) error
+	}{{"imap", r.imapLn, r.serveIMAP}, {"pop3", r.pop3Ln, r.servePOP3}} {
+		if in.ln == nil {
+			continue
+		}
+		attrs = append(attrs, in.name, in.ln.Addr().String())
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := in.serve(in.ln); err != nil {
+				r.Log.Error(in.name+" listener stopped", "error", err.Error())
+			}
+		}()
+	}
+	r.Log.Info("oauthrelay started", attrs...)
 }
 
 // SMTPAddr is where the listener listens (after Start).
@@ -310,6 +355,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	if r.adminSrv != nil {
 		r.adminSrv.Shutdown(ctx)
 	}
+	if r.Inbound != nil {
+		r.Inbound.Close() // IMAP sessions idle for hours: they are cut, their clients reconnect
+	}
 	if r.unsubscribe != nil {
 		r.unsubscribe()
 	}
@@ -327,6 +375,11 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 func (r *Relay) Abandon() {
 	r.smtpLn.Close()
 	r.adminLn.Close()
+	for _, ln := range []net.Listener{r.imapLn, r.pop3Ln} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 	if r.cancel != nil {
 		r.cancel()
 	}

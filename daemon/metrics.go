@@ -32,6 +32,9 @@ type Metrics struct {
 	throttled   *prometheus.CounterVec
 	refreshes   *prometheus.CounterVec
 	panics      prometheus.Counter
+
+	inboundSessions *prometheus.CounterVec
+	inboundLogins   *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics in a registry of their own.
@@ -63,6 +66,8 @@ func NewMetrics() *Metrics {
 	m.sent = f("oauthrelay_upstream_messages_total", "Messages sent upstream and accepted, by account.", "account")
 	m.throttled = f("oauthrelay_upstream_throttled_total", "Times Microsoft throttled an account (421 4.4.2, 432 4.3.2).", "account")
 	m.refreshes = f("oauthrelay_token_refreshes_total", "Token requests to Entra ID, by account and result (ok, transient, refused).", "account", "result")
+	m.inboundSessions = f("oauthrelay_inbound_sessions_total", "IMAP and POP3 sessions relayed to Microsoft 365 after a login, by protocol and account (counted when they end).", "protocol", "account")
+	m.inboundLogins = f("oauthrelay_inbound_logins_total", "IMAP and POP3 logins, by protocol and result (ok, bad_password, locked_out, not_private, busy, unavailable, refused).", "protocol", "result")
 	m.panics = prometheus.NewCounter(prometheus.CounterOpts{Name: "oauthrelay_delivery_panics_total", Help: "Deliveries that panicked (recovered, logged with the stack; the message was deferred). Anything above 0 is a bug: please report it."})
 	m.reg.MustRegister(m.panics)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

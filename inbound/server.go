@@ -375,3 +375,8 @@ func (s *Server) session(protocol string, client net.Conn, fromClient io.Reader,
 		s.opts.Events.Session(sess)
 	}
 }
+
+// LoginResults lists every login result, for metrics that show each at 0.
+func LoginResults() []string {
+	return []string{LoginOK, LoginBadPassword, LoginLockedOut, LoginNotPrivate, LoginBusy, LoginUnavailable, LoginRefused}
+}

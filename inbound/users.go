@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
@@ -102,4 +103,16 @@ func (u *Users) check(user, pass string) (account string, ok bool) {
 		return "", false
 	}
 	return lu.account, true
+}
+
+// Accounts lists the accounts the users sign in to, sorted.
+func (u *Users) Accounts() []string {
+	var out []string
+	for _, lu := range u.by {
+		if !slices.Contains(out, lu.account) {
+			out = append(out, lu.account)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

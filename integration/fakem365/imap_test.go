@@ -199,7 +199,7 @@ func TestIMAP_IdleSeesNewMessage(t *testing.T) {
 		if n != 1 {
 			t.Errorf("EXISTS %d, want 1", n)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(20 * time.Second): // generous: sending goes through the fake's TLS SMTP, slow on a loaded machine
 		t.Fatal("IDLE saw no EXISTS")
 	}
 	if err := idle.Close(); err != nil {

@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"log/slog"
+	"net"
+	"slices"
+
+	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/inbound"
+	"github.com/oauthrelay/oauthrelay/relay"
+	"github.com/oauthrelay/oauthrelay/tokens"
+)
+
+// newInbound builds the IMAP and POP3 proxies: local users from
+// inbound.users_file, the SMTP listener's allowed networks, the upstream's
+// trust (system roots plus upstream.ca_file).
+func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamConfig, toks *tokens.Manager, m *Metrics, log *slog.Logger) (*inbound.Server, error) {
+	mailboxes := map[string]string{}
+	for _, a := range c.Accounts {
+		mailboxes[a.Name] = a.Mailbox
+	}
+	users, err := inbound.LoadUsers(c.Inbound.UsersFile, mailboxes)
+	if err != nil {
+		return nil, err
+	}
+	// A delegated sign-in grants only the protocols the account lists.
+	for _, a := range c.Accounts {
+		if !slices.Contains(users.Accounts(), a.Name) || a.Flow == configs.FlowClientCredentials {
+			continue
+		}
+		for _, p := range []struct{ name, addr string }{{inbound.IMAP, c.Inbound.IMAP.Addr}, {inbound.POP3, c.Inbound.POP3.Addr}} {
+			if p.addr != "" && !slices.Contains(a.Protocols, p.name) {
+				log.Warn("inbound: an account used by inbound.users_file lacks a protocol in accounts[].protocols; its sign-in may not grant it (add it, then Connect again)",
+					"account", a.Name, "protocol", p.name)
+			}
+		}
+	}
+	for _, p := range []string{inbound.IMAP, inbound.POP3} {
+		for _, r := range inbound.LoginResults() {
+			m.inboundLogins.WithLabelValues(p, r) // each shows from the start, at 0
+		}
+	}
+	return inbound.New(inbound.Options{
+		Users: users, Tokens: toks, AllowedNetworks: lc.AllowedNetworks,
+		IMAPUpstream: c.Inbound.IMAP.Upstream, POP3Upstream: c.Inbound.POP3.Upstream, RootCAs: uc.RootCAs,
+		MaxConnectionsPerAccount: c.Inbound.MaxConnectionsPerAccount,
+		DialTimeout:              c.Delivery.DialTimeout,
+		Events: inbound.Events{
+			Login:   func(protocol, result string) { m.inboundLogins.WithLabelValues(protocol, result).Inc() },
+			Session: func(s inbound.Session) { m.inboundSessions.WithLabelValues(s.Protocol, s.Account).Inc() },
+		},
+		Logger: log,
+	}), nil
+}
+
+func (r *Relay) serveIMAP(ln net.Listener) error { return r.Inbound.ServeIMAP(ln) }
+func (r *Relay) servePOP3(ln net.Listener) error { return r.Inbound.ServePOP3(ln) }
+
+// IMAPAddr is where the IMAP proxy listens (after Start), "" when off.
+func (r *Relay) IMAPAddr() string { return lnAddr(r.imapLn) }
+
+// POP3Addr is where the POP3 proxy listens (after Start), "" when off.
+func (r *Relay) POP3Addr() string { return lnAddr(r.pop3Ln) }
+
+func lnAddr(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
