@@ -102,6 +102,14 @@ func (s *Server) imapSession(c net.Conn) {
 			ic.write(`* ID ("name" "oauthrelay")`)
 			ic.write("%s OK ID completed", tag)
 		case "LOGIN", "AUTHENTICATE":
+			if !loopback {
+				// Refused before a continuation, so a client that waits
+				// for one never sends its password in clear text.
+				s.event(IMAP, LoginNotPrivate)
+				ic.write("%s NO [PRIVACYREQUIRED] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet", tag)
+				bad++
+				continue
+			}
 			var user, pass string
 			if cmd == "LOGIN" {
 				if len(args) != 2 {
@@ -195,11 +203,6 @@ func decodePlain(b64 string) (user, pass string, ok bool) {
 // session is over (relayed, or ended); failed: a wrong password.
 func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 	s := ic.s
-	if !ic.loopback {
-		s.event(IMAP, LoginNotPrivate)
-		ic.write("%s NO [PRIVACYREQUIRED] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet", tag)
-		return false, false
-	}
 	account, result := s.checkPassword(ic.ip, IMAP, user, pass)
 	switch result {
 	case LoginLockedOut:

@@ -60,7 +60,16 @@ func (s *Server) pop3Session(c net.Conn) {
 			return
 		}
 		cmd, arg, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(cmd) {
+		cmd = strings.ToUpper(cmd)
+		if !loopback && (cmd == "USER" || cmd == "PASS" || (cmd == "AUTH" && arg != "")) {
+			// Refused at USER or AUTH, so a client that waits for the
+			// answer never sends its password in clear text.
+			s.event(POP3, LoginNotPrivate)
+			pc.write("-ERR [SYS/PERM] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet")
+			bad++
+			continue
+		}
+		switch cmd {
 		case "CAPA":
 			pc.write("+OK capability list follows")
 			if loopback {
@@ -123,7 +132,7 @@ func (s *Server) pop3Session(c net.Conn) {
 			pc.write("-ERR STLS is not offered yet: connect from this machine (loopback)")
 			bad++
 		default:
-			pc.write("-ERR %s is unknown or not allowed before login", strings.ToUpper(cmd))
+			pc.write("-ERR %s is unknown or not allowed before login", cmd)
 			bad++
 		}
 	}
@@ -159,11 +168,6 @@ func (pc *pop3Conn) authPlain(arg string) (user, pass, msg string, err error) {
 // session is over (relayed, or ended); failed: a wrong password.
 func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 	s := pc.s
-	if !pc.loopback {
-		s.event(POP3, LoginNotPrivate)
-		pc.write("-ERR [SYS/PERM] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet")
-		return false, false
-	}
 	account, result := s.checkPassword(pc.ip, POP3, user, pass)
 	switch result {
 	case LoginLockedOut:

@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"io"
+	"net"
 	"strings"
 	"testing"
 )
@@ -105,4 +106,32 @@ func TestPOP3_Refusals(t *testing.T) {
 	if _, err := c2.r.ReadByte(); err != io.EOF {
 		t.Errorf("an unreachable upstream should end the session: %v", err)
 	}
+}
+
+// Beyond loopback USER and AUTH PLAIN are refused before a password is
+// asked for; beyond allowed_networks there is no session.
+func TestPOP3_OnlyLoopbackMayLogIn(t *testing.T) {
+	_, pool := testTLS(t)
+	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
+	run := func(remote string) *client {
+		a, b := net.Pipe()
+		go h.srv.pop3Session(remoteConn{a, remote})
+		t.Cleanup(func() { b.Close() })
+		return &client{t: t, c: b, r: newLineReader(b).r}
+	}
+	c := run("192.0.2.7:40000")
+	c.expect("+OK oauthrelay POP3 proxy ready")
+	c.send("USER app")
+	c.expect("-ERR [SYS/PERM] login needs a private connection")
+	c.send("AUTH PLAIN")
+	c.expect("-ERR [SYS/PERM] login needs a private connection")
+	c.send("CAPA")
+	c.expect("+OK")
+	for l := c.line(); l != "."; l = c.line() {
+		if l == "USER" || strings.HasPrefix(l, "SASL") {
+			t.Errorf("CAPA offers %q beyond loopback", l)
+		}
+	}
+	c2 := run("198.51.100.1:40000")
+	c2.expect("-ERR [SYS/PERM] access denied: 198.51.100.1 is not in listen.allowed_networks")
 }

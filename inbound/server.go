@@ -103,6 +103,10 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	lockout *lockout
+	// ctx ends with Close, so a login waiting for a token or a dial does
+	// not hold Close up.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu         sync.Mutex
 	perAccount map[string]int
@@ -135,8 +139,9 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, log: opts.Logger, lockout: newLockout(opts.LockoutBase, opts.LockoutMax, opts.Logger),
-		perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
+		ctx: ctx, cancel: cancel, perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
 // ServeIMAP accepts IMAP clients on ln until Close.
@@ -209,6 +214,7 @@ func (s *Server) untrack(c net.Conn) {
 // Close stops accepting, cuts every session (an IMAP session can idle for
 // hours; its client reconnects) and waits for their goroutines.
 func (s *Server) Close() error {
+	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	for _, ln := range s.listeners {
@@ -306,7 +312,7 @@ type upstreamLogin func(u *upstreamConn, cred tokens.Credential) (refusal string
 // recorded (package comment).
 func (s *Server) signIn(protocol, addr, account string, login upstreamLogin) (*upstreamConn, *signInFailure) {
 	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), s.opts.TokenTimeout)
+		ctx, cancel := context.WithTimeout(s.ctx, s.opts.TokenTimeout)
 		cred, err := s.opts.Tokens.AuthFor(ctx, account, protocol)
 		cancel()
 		if err != nil {
@@ -354,7 +360,7 @@ func (s *Server) dial(addr string) (*upstreamConn, error) {
 	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout},
 		Config: &tls.Config{ServerName: host, RootCAs: s.opts.RootCAs, MinVersion: tls.VersionTLS12}}
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DialTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.DialTimeout)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
