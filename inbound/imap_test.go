@@ -320,3 +320,26 @@ func TestScanIMAPArgs(t *testing.T) {
 		}
 	}
 }
+
+// Close cuts relayed sessions (an IMAP client may idle for hours) and
+// returns once they are gone.
+func TestServer_CloseCutsRelayedSessions(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.CloseGrace = time.Minute })
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a OK")
+	done := make(chan struct{})
+	go func() { h.srv.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Error("the session survived Close")
+	}
+	<-h.sessions
+}
