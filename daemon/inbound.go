@@ -43,6 +43,7 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 	return inbound.New(inbound.Options{
 		Users: users, Tokens: toks, AllowedNetworks: lc.AllowedNetworks,
 		IMAPUpstream: c.Inbound.IMAP.Upstream, POP3Upstream: c.Inbound.POP3.Upstream, RootCAs: uc.RootCAs,
+		TLS:                      lc.TLS, // STARTTLS and STLS with listen.tls's certificate
 		MaxConnectionsPerAccount: c.Inbound.MaxConnectionsPerAccount,
 		DialTimeout:              c.Delivery.DialTimeout,
 		Events: inbound.Events{

@@ -12,10 +12,12 @@
 //
 //   - client outside listen.allowed_networks: a BYE / -ERR and the
 //     connection closes, before any command.
-//   - login from anywhere but loopback: refused at LOGIN / AUTHENTICATE /
-//     USER / AUTH, before any continuation asks for a password (IMAP NO
-//     [PRIVACYREQUIRED], POP3 -ERR [SYS/PERM]); there is no STARTTLS yet,
-//     so a password would cross the network in clear text.
+//   - login from anywhere but loopback without TLS: refused at LOGIN /
+//     AUTHENTICATE / USER / AUTH, before any continuation asks for a
+//     password (IMAP NO [PRIVACYREQUIRED], POP3 -ERR [SYS/PERM]). With
+//     listen.tls's certificate, STARTTLS (IMAP) / STLS (POP3) is offered and
+//     a login after it is allowed (the rule of SMTP AUTH); commands sent
+//     after STARTTLS before the handshake end the session (CVE-2011-0411).
 //   - wrong local password or unknown user: IMAP NO [AUTHENTICATIONFAILED],
 //     POP3 -ERR [AUTH]; nothing goes upstream; the address's failures feed a
 //     lockout (lockout.go), during which every login is refused as temporary.

@@ -20,11 +20,6 @@ import (
 // password never goes upstream.
 
 const (
-	imapGreeting = "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR ID] oauthrelay IMAP proxy ready"
-	imapCaps     = "IMAP4rev1 AUTH=PLAIN SASL-IR ID"
-	// Elsewhere than loopback there is no login (no STARTTLS yet):
-	// RFC 3501 6.2.3 LOGINDISABLED, and no AUTH= mechanisms.
-	imapCapsNoLogin = "IMAP4rev1 LOGINDISABLED ID"
 	// imapMaxLine bounds a command line before login; imapMaxLiteral a
 	// literal (a user name or password).
 	imapMaxLine    = 8 << 10
@@ -43,10 +38,31 @@ const maxLoginFailures = 3
 
 type imapConn struct {
 	s        *Server
-	c        net.Conn
+	c        net.Conn // the TLS connection after STARTTLS
 	r        *lineReader
 	ip       netip.Addr
 	loopback bool
+	secure   bool // STARTTLS done
+}
+
+// private reports whether a password may be sent: on loopback, or after
+// STARTTLS (the rule of SMTP AUTH on listen.addr).
+func (ic *imapConn) private() bool { return ic.loopback || ic.secure }
+
+// caps are the capabilities before login. Without a private connection
+// there is no login: RFC 3501 6.2.3 LOGINDISABLED, and no AUTH=
+// mechanisms. STARTTLS is offered when listen.tls has a certificate.
+func (ic *imapConn) caps() string {
+	caps := "IMAP4rev1"
+	if ic.s.opts.TLS != nil && !ic.secure {
+		caps += " STARTTLS"
+	}
+	if ic.private() {
+		caps += " AUTH=PLAIN SASL-IR"
+	} else {
+		caps += " LOGINDISABLED"
+	}
+	return caps + " ID"
 }
 
 func (ic *imapConn) write(format string, args ...any) error {
@@ -63,11 +79,7 @@ func (s *Server) imapSession(c net.Conn) {
 		ic.write("* BYE access denied: %s is not in listen.allowed_networks", ip)
 		return
 	}
-	if loopback {
-		ic.write("%s", imapGreeting)
-	} else {
-		ic.write("* OK [CAPABILITY %s] oauthrelay IMAP proxy ready", imapCapsNoLogin)
-	}
+	ic.write("* OK [CAPABILITY %s] oauthrelay IMAP proxy ready", ic.caps())
 	bad, failures := 0, 0
 	for bad < imapMaxBad && failures < maxLoginFailures {
 		c.SetDeadline(time.Now().Add(s.opts.LoginTimeout))
@@ -86,11 +98,7 @@ func (s *Server) imapSession(c net.Conn) {
 		}
 		switch cmd {
 		case "CAPABILITY":
-			caps := imapCaps
-			if !loopback {
-				caps = imapCapsNoLogin
-			}
-			ic.write("* CAPABILITY %s", caps)
+			ic.write("* CAPABILITY %s", ic.caps())
 			ic.write("%s OK CAPABILITY completed", tag)
 		case "NOOP":
 			ic.write("%s OK NOOP completed", tag)
@@ -102,11 +110,11 @@ func (s *Server) imapSession(c net.Conn) {
 			ic.write(`* ID ("name" "oauthrelay")`)
 			ic.write("%s OK ID completed", tag)
 		case "LOGIN", "AUTHENTICATE":
-			if !loopback {
+			if !ic.private() {
 				// Refused before a continuation, so a client that waits
 				// for one never sends its password in clear text.
 				s.event(IMAP, LoginNotPrivate)
-				ic.write("%s NO [PRIVACYREQUIRED] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet", tag)
+				ic.write("%s NO [PRIVACYREQUIRED] login needs a private connection: %s", tag, s.privacyHint("STARTTLS"))
 				bad++
 				continue
 			}
@@ -140,8 +148,29 @@ func (s *Server) imapSession(c net.Conn) {
 				bad++
 			}
 		case "STARTTLS":
-			ic.write("%s BAD STARTTLS is not offered yet: connect from this machine (loopback)", tag)
-			bad++
+			switch {
+			case s.opts.TLS == nil:
+				ic.write("%s BAD STARTTLS is not offered: listen.tls has no certificate; connect from this machine (loopback)", tag)
+				bad++
+			case ic.secure:
+				ic.write("%s BAD TLS is already on", tag)
+				bad++
+			case ic.r.r.Buffered() > 0:
+				// Commands pipelined after STARTTLS would be read as if
+				// they came over TLS (the STARTTLS injection attack,
+				// CVE-2011-0411); RFC 9051 6.2.1 forbids sending them.
+				ic.write("* BYE commands after STARTTLS before the TLS handshake")
+				return
+			default:
+				ic.write("%s OK Begin TLS negotiation now", tag)
+				tc, err := s.startTLS(c, IMAP, ip)
+				if err != nil {
+					return
+				}
+				// RFC 9051 6.2.1: the client forgets what it was told
+				// before and asks CAPABILITY again.
+				ic.c, ic.r, ic.secure = tc, newLineReader(tc), true
+			}
 		default:
 			ic.write("%s BAD %s is unknown or not allowed before login", tag, cmd)
 			bad++

@@ -27,11 +27,16 @@ const (
 
 type pop3Conn struct {
 	s        *Server
-	c        net.Conn
+	c        net.Conn // the TLS connection after STLS
 	r        *lineReader
 	ip       netip.Addr
 	loopback bool
+	secure   bool // STLS done
 }
+
+// private reports whether a password may be sent: on loopback, or after
+// STLS.
+func (pc *pop3Conn) private() bool { return pc.loopback || pc.secure }
 
 func (pc *pop3Conn) write(format string, args ...any) error {
 	_, err := fmt.Fprintf(pc.c, format+"\r\n", args...)
@@ -61,18 +66,21 @@ func (s *Server) pop3Session(c net.Conn) {
 		}
 		cmd, arg, _ := strings.Cut(line, " ")
 		cmd = strings.ToUpper(cmd)
-		if !loopback && (cmd == "USER" || cmd == "PASS" || (cmd == "AUTH" && arg != "")) {
+		if !pc.private() && (cmd == "USER" || cmd == "PASS" || (cmd == "AUTH" && arg != "")) {
 			// Refused at USER or AUTH, so a client that waits for the
 			// answer never sends its password in clear text.
 			s.event(POP3, LoginNotPrivate)
-			pc.write("-ERR [SYS/PERM] login needs a private connection: connect from this machine (loopback); TLS for other machines is not offered yet")
+			pc.write("-ERR [SYS/PERM] login needs a private connection: %s", s.privacyHint("STLS"))
 			bad++
 			continue
 		}
 		switch cmd {
 		case "CAPA":
 			pc.write("+OK capability list follows")
-			if loopback {
+			if s.opts.TLS != nil && !pc.secure {
+				pc.write("STLS") // RFC 2595 4
+			}
+			if pc.private() {
 				pc.write("USER")
 				pc.write("SASL PLAIN")
 			}
@@ -129,8 +137,27 @@ func (s *Server) pop3Session(c net.Conn) {
 				failures++
 			}
 		case "STLS":
-			pc.write("-ERR STLS is not offered yet: connect from this machine (loopback)")
-			bad++
+			switch {
+			case s.opts.TLS == nil:
+				pc.write("-ERR STLS is not offered: listen.tls has no certificate; connect from this machine (loopback)")
+				bad++
+			case pc.secure:
+				pc.write("-ERR TLS is already on")
+				bad++
+			case pc.r.r.Buffered() > 0:
+				// Commands pipelined after STLS would be read as if they
+				// came over TLS (STARTTLS injection, CVE-2011-0411).
+				pc.write("-ERR commands after STLS before the TLS handshake")
+				return
+			default:
+				pc.write("+OK Begin TLS negotiation")
+				tc, err := s.startTLS(c, POP3, ip)
+				if err != nil {
+					return
+				}
+				// RFC 2595 4: a USER given before STLS is forgotten.
+				pc.c, pc.r, pc.secure, user = tc, newLineReader(tc), true, ""
+			}
 		default:
 			pc.write("-ERR %s is unknown or not allowed before login", cmd)
 			bad++

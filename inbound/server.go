@@ -72,6 +72,10 @@ type Options struct {
 	// IMAPUpstream and POP3Upstream are host:port of Exchange Online's
 	// servers, spoken to with implicit TLS.
 	IMAPUpstream, POP3Upstream string
+	// TLS, when set, is listen.tls's certificate: offered with STARTTLS
+	// (IMAP) and STLS (POP3), after which a client on another host may log
+	// in. Without it only loopback may log in.
+	TLS *tls.Config
 	// RootCAs verify the upstream's certificate (system roots plus
 	// upstream.ca_file); nil uses the system roots.
 	RootCAs *x509.CertPool
@@ -242,6 +246,28 @@ func (s *Server) allowed(c net.Conn) (ip netip.Addr, ok, loopback bool) {
 		}
 	}
 	return ip, false, false
+}
+
+// privacyHint tells a client refused for want of a private connection
+// what to do; starttls is the protocol's command.
+func (s *Server) privacyHint(starttls string) string {
+	if s.opts.TLS == nil {
+		return "connect from this machine (loopback); for other machines, the relay's admin must set listen.tls"
+	}
+	return "use " + starttls + " first, or connect from this machine (loopback)"
+}
+
+// startTLS runs the server side of a TLS handshake on c, within
+// LoginTimeout, after STARTTLS or STLS was answered.
+func (s *Server) startTLS(c net.Conn, protocol string, ip netip.Addr) (*tls.Conn, error) {
+	tc := tls.Server(c, s.opts.TLS)
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.LoginTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		s.log.Info("inbound: TLS handshake failed", "protocol", protocol, "client", ip.String(), "error", err.Error())
+		return nil, err
+	}
+	return tc, nil
 }
 
 func (s *Server) event(protocol, result string) {
