@@ -56,6 +56,8 @@ type harness struct {
 	cfg   *configs.Config
 	dir   string
 	logs  *syncBuffer
+	// localPasswords are the inbound users' passwords (never to be logged).
+	localPasswords []string
 }
 
 // baseConfig is a relay configuration pointing at fake, with short timings.
@@ -136,6 +138,9 @@ func (h *harness) start(hooks daemon.Hooks) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	if c.Inbound.Enabled() {
+		r.UseInboundListeners(h.listenIf(c.Inbound.IMAP.Addr), h.listenIf(c.Inbound.POP3.Addr))
+	}
 	r.StartWith(smtpLn, adminLn)
 	h.relay = r
 	h.t.Cleanup(func() {
@@ -143,6 +148,18 @@ func (h *harness) start(hooks daemon.Hooks) {
 		defer cancel()
 		r.Shutdown(ctx)
 	})
+}
+
+// listenIf listens on addr, or returns nil when addr is "".
+func (h *harness) listenIf(addr string) net.Listener {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ln
 }
 
 // checkLogsHoldNoSecret fails if any token, code or secret the fake issued
@@ -153,6 +170,7 @@ func (h *harness) checkLogsHoldNoSecret() {
 	for _, a := range h.cfg.Accounts {
 		secrets = append(secrets, a.ClientSecret)
 	}
+	secrets = append(secrets, h.localPasswords...)
 	for _, s := range secrets {
 		if s != "" && strings.Contains(logs, s) {
 			h.t.Errorf("a secret reached the relay's log: %.12s…", s)
