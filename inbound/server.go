@@ -95,6 +95,10 @@ type Options struct {
 	// CloseGrace: once one side of a relayed session has closed, the other
 	// has this long to finish before both are closed. Default 30 s.
 	CloseGrace time.Duration
+	// LoginCacheTTL is how long a successful local login is remembered
+	// (logincache.go), so a client that reconnects often skips bcrypt.
+	// Default 5 min; negative turns the cache off.
+	LoginCacheTTL time.Duration
 	// LockoutBase and LockoutMax: the first and longest lock of an address
 	// after failed logins. Defaults 1 s and 15 min.
 	LockoutBase, LockoutMax time.Duration
@@ -107,6 +111,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	lockout *lockout
+	logins  *loginCache
 	// ctx ends with Close, so a login waiting for a token or a dial does
 	// not hold Close up.
 	ctx    context.Context
@@ -143,9 +148,13 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.LoginCacheTTL == 0 {
+		opts.LoginCacheTTL = 5 * time.Minute
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, log: opts.Logger, lockout: newLockout(opts.LockoutBase, opts.LockoutMax, opts.Logger),
-		ctx: ctx, cancel: cancel, perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
+		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
+		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
 // ServeIMAP accepts IMAP clients on ln until Close.
@@ -276,11 +285,16 @@ func (s *Server) event(protocol, result string) {
 	}
 }
 
-// checkPassword is the local half of a login: the lockout, then bcrypt.
+// checkPassword is the local half of a login: the lockout, then the cache
+// of recent successful logins, then bcrypt.
 // It returns the user's account, or the login result that refuses it.
 func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (account, result string) {
 	if s.lockout.locked(ip) {
 		return "", LoginLockedOut
+	}
+	if account, ok := s.logins.get(user, pass); ok {
+		s.lockout.success(ip)
+		return account, ""
 	}
 	account, ok := s.opts.Users.check(user, pass)
 	if !ok {
@@ -288,6 +302,7 @@ func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (acco
 		s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", user)
 		return "", LoginBadPassword
 	}
+	s.logins.put(user, pass, account)
 	s.lockout.success(ip)
 	return account, ""
 }
