@@ -195,6 +195,10 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 			return nil, err
 		}
 	}
+	var inboundSessions func() map[string]map[string]int
+	if r.Inbound != nil {
+		inboundSessions = r.Inbound.Sessions
+	}
 	adm, err := admin.New(admin.Options{
 		Token: r.AdminToken, PublicURL: AdminPublicURL(c), Version: hooks.Version,
 		Queue: r.Queue, Accounts: accounts{r.Tokens, r.Upstream}, Metrics: r.Metrics.Handler(),
@@ -207,7 +211,8 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 			defer cancel()
 			return r.Upstream.Check(ctx, account, r.Tokens.State(account).ConsentedBy)
 		},
-		Log: log,
+		InboundSessions: inboundSessions,
+		Log:             log,
 	})
 	if err != nil {
 		r.Queue.Close(context.Background())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -119,6 +120,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	perAccount map[string]int
+	open       map[string]map[string]int // account → protocol → relayed sessions
 	conns      map[net.Conn]struct{}
 	listeners  []net.Listener
 	closed     bool
@@ -154,7 +156,7 @@ func New(opts Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, log: opts.Logger, lockout: newLockout(opts.LockoutBase, opts.LockoutMax, opts.Logger),
 		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
-		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, conns: map[net.Conn]struct{}{}}
+		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
 // ServeIMAP accepts IMAP clients on ln until Close.
@@ -413,7 +415,9 @@ func (s *Server) dial(addr string) (*upstreamConn, error) {
 // session runs the relay for a logged-in client and reports it.
 func (s *Server) session(protocol string, client net.Conn, fromClient io.Reader, user, account string, u *upstreamConn) {
 	start := time.Now()
+	s.opened(account, protocol, 1)
 	in, out := pipe(client, fromClient, u.conn, u.br.r, s.opts.CloseGrace)
+	s.opened(account, protocol, -1) // before the report: it sees the session gone
 	sess := Session{Protocol: protocol, Client: client.RemoteAddr().String(), User: user, Account: account,
 		Duration: time.Since(start), BytesIn: in, BytesOut: out}
 	s.log.Info("inbound: session ended", "protocol", protocol, "client", sess.Client, "user", user, "account", account,
@@ -421,6 +425,32 @@ func (s *Server) session(protocol string, client net.Conn, fromClient io.Reader,
 	if s.opts.Events.Session != nil {
 		s.opts.Events.Session(sess)
 	}
+}
+
+func (s *Server) opened(account, protocol string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[account] == nil {
+		s.open[account] = map[string]int{}
+	}
+	if s.open[account][protocol] += n; s.open[account][protocol] <= 0 {
+		delete(s.open[account], protocol)
+		if len(s.open[account]) == 0 {
+			delete(s.open, account)
+		}
+	}
+}
+
+// Sessions returns the relayed sessions open now: account → protocol →
+// count (accounts and protocols with none are left out).
+func (s *Server) Sessions() map[string]map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]map[string]int, len(s.open))
+	for a, ps := range s.open {
+		out[a] = maps.Clone(ps)
+	}
+	return out
 }
 
 // LoginResults lists every login result, for metrics that show each at 0.

@@ -50,6 +50,14 @@ func TestIMAP_STARTTLSThenLoginFromAnotherHost(t *testing.T) {
 	c.expect("e OK [CAPABILITY IMAP4 IMAP4rev1 IDLE MOVE UIDPLUS] LOGIN completed")
 	c.send("f NOOP")
 	c.expect("f OK")
+	if got := h.srv.Sessions(); got[testAccount][IMAP] != 1 || len(got) != 1 {
+		t.Errorf("Sessions() = %v during the session", got)
+	}
+	c.c.Close()
+	<-h.sessions
+	if got := h.srv.Sessions(); len(got) != 0 {
+		t.Errorf("Sessions() = %v after the session", got)
+	}
 	if got := <-h.logins; got != "imap not_private" {
 		t.Errorf("first login event %q", got)
 	}

@@ -117,6 +117,16 @@ type AccountState struct {
 	// MissingProtocols are protocols the account is configured for whose
 	// scope the last sign-in did not grant: reconnect to grant them.
 	MissingProtocols []string `json:"missing_protocols,omitempty"`
+	// Protocols the account is configured for (accounts[].protocols; smtp
+	// when none are listed).
+	Protocols []string `json:"protocols,omitempty"`
+	// Refused holds, per protocol ("imap", "pop3"), Microsoft's refusal of
+	// a fresh token recorded by AuthRefused: that protocol's logins stop
+	// until a sign-in or Try again, while the account's mail goes on.
+	Refused map[string]Explanation `json:"refused,omitempty"`
+	// Sessions are the inbound IMAP/POP3 sessions open now, per protocol;
+	// the admin server fills it in (package inbound counts them).
+	Sessions map[string]int `json:"sessions,omitempty"`
 }
 
 // Options configure a Manager. Timings are fields so tests use milliseconds.
@@ -625,6 +635,11 @@ func (m *Manager) State(name string) AccountState {
 	a.mu.Lock()
 	s := AccountState{Account: a.Name, Mailbox: a.Mailbox, Flow: a.Flow, State: a.state, Explanation: a.expl, AccessExpiry: a.expiry}
 	a.mu.Unlock()
+	s.Protocols = a.Protocols
+	if len(s.Protocols) == 0 {
+		s.Protocols = []string{"smtp"}
+	}
+	s.Refused = m.Refused(name)
 	if c, ok := m.cache.Peek(name); ok {
 		s.Fingerprint = Fingerprint(c.tok.AccessToken)
 	}

@@ -34,8 +34,10 @@ func TestManager_ProtocolRefusalIsThatProtocolsOnly(t *testing.T) {
 	if _, err := m.AuthFor(ctx, "helpdesk", "smtp"); err != nil {
 		t.Errorf("SMTP stopped by IMAP's refusal: %v", err)
 	}
-	if st := m.State("helpdesk").State; st != tokens.Connected {
-		t.Errorf("state %s after an IMAP refusal; the account's mail must not pause", st)
+	if st := m.State("helpdesk"); st.State != tokens.Connected {
+		t.Errorf("state %s after an IMAP refusal; the account's mail must not pause", st.State)
+	} else if st.Refused["imap"] != ex || len(st.Protocols) == 0 {
+		t.Errorf("AccountState (for the page, the API, `accounts`) lacks the refusal or the protocols: %+v", st)
 	}
 	if r := m.Refused("helpdesk"); len(r) != 1 || r["imap"] != ex {
 		t.Errorf("Refused = %v", r)
@@ -57,5 +59,8 @@ func TestManager_ProtocolRefusalIsThatProtocolsOnly(t *testing.T) {
 	}
 	if r := m.Refused("helpdesk"); r != nil {
 		t.Errorf("Refused after Try again = %v", r)
+	}
+	if r := m.State("helpdesk").Refused; r != nil {
+		t.Errorf("AccountState.Refused after Try again = %v", r)
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -357,6 +359,52 @@ With --body ID it writes that message's bytes as queued.`,
 	return dump
 }
 
+// printAccounts is the table of `accounts`: each account's state, its
+// protocols and the IMAP/POP3 sessions open now, then, below it, each
+// protocol Microsoft refused with what to do.
+func printAccounts(w io.Writer, states []tokens.AccountState) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMAILBOX\tFLOW\tPROTOCOLS\tOPEN SESSIONS\tTOKEN EXPIRES\tLAST REFRESH\tWHAT TO DO")
+	var refusals []string
+	for _, s := range states {
+		exp := "-"
+		if !s.AccessExpiry.IsZero() {
+			exp = s.AccessExpiry.Local().Format("2006-01-02 15:04")
+		}
+		var todo []string
+		if s.State != tokens.Connected {
+			todo = append(todo, s.Explanation.String())
+		} else if len(s.MissingProtocols) > 0 {
+			todo = append(todo, "reconnect to grant "+strings.ToUpper(strings.Join(s.MissingProtocols, ", ")))
+		}
+		for _, p := range slices.Sorted(maps.Keys(s.Refused)) {
+			todo = append(todo, strings.ToUpper(p)+" logins refused (below)")
+			refusals = append(refusals, fmt.Sprintf("%s: %s logins stopped (mail is not affected): %s; then: oauthrelay accounts retry %s",
+				s.Account, strings.ToUpper(p), s.Refused[p].String(), s.Account))
+		}
+		sessions := "-"
+		if len(s.Sessions) > 0 {
+			var parts []string
+			for _, p := range slices.Sorted(maps.Keys(s.Sessions)) {
+				parts = append(parts, fmt.Sprintf("%s %d", p, s.Sessions[p]))
+			}
+			sessions = strings.Join(parts, ", ")
+		}
+		protocols := strings.Join(s.Protocols, ",")
+		if protocols == "" {
+			protocols = "smtp"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, protocols, sessions, exp, age(s.LastRefresh), strings.Join(todo, "; "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range refusals {
+		fmt.Fprintln(w, r)
+	}
+	return nil
+}
+
 func newAccountsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "accounts",
@@ -378,22 +426,7 @@ func newAccountsCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &states); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMAILBOX\tFLOW\tTOKEN EXPIRES\tLAST REFRESH\tWHAT TO DO")
-			for _, s := range states {
-				exp := "-"
-				if !s.AccessExpiry.IsZero() {
-					exp = s.AccessExpiry.Local().Format("2006-01-02 15:04")
-				}
-				todo := ""
-				if s.State != tokens.Connected {
-					todo = s.Explanation.String()
-				} else if len(s.MissingProtocols) > 0 {
-					todo = "reconnect to grant " + strings.ToUpper(strings.Join(s.MissingProtocols, ", "))
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, exp, age(s.LastRefresh), todo)
-			}
-			return tw.Flush()
+			return printAccounts(cmd.OutOrStdout(), states)
 		},
 	}
 	retry := &cobra.Command{

@@ -76,6 +76,9 @@ type Options struct {
 	// Check runs an account's pre-flight check (relay.Upstream.Check).
 	Check func(ctx context.Context, account string) CheckResult
 	Log   *slog.Logger
+	// InboundSessions, when set, returns the IMAP/POP3 sessions open now:
+	// account → protocol → count (inbound.Server.Sessions).
+	InboundSessions func() map[string]map[string]int
 	// SessionLifetime defaults to 12 h.
 	SessionLifetime time.Duration
 }

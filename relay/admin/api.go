@@ -23,7 +23,7 @@ type Status struct {
 
 func (s *Server) status() Status {
 	st := s.opts.Queue.Stats()
-	out := Status{Version: s.opts.Version, Ready: s.ready(), Accounts: s.opts.Accounts.States(), Queue: st}
+	out := Status{Version: s.opts.Version, Ready: s.ready(), Accounts: s.accountStates(), Queue: st}
 	if !st.Oldest.IsZero() {
 		out.OldestAgeSeconds = time.Since(st.Oldest).Seconds()
 	}
@@ -35,7 +35,20 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiAccounts(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.opts.Accounts.States())
+	writeJSON(w, http.StatusOK, s.accountStates())
+}
+
+// accountStates are the accounts' states with their open inbound sessions.
+func (s *Server) accountStates() []tokens.AccountState {
+	states := s.opts.Accounts.States()
+	if s.opts.InboundSessions == nil {
+		return states
+	}
+	open := s.opts.InboundSessions()
+	for i := range states {
+		states[i].Sessions = open[states[i].Account]
+	}
+	return states
 }
 
 func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {

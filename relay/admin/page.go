@@ -217,7 +217,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		d.Outage = fmt.Sprintf("Microsoft 365 cannot be reached (since %s): %s. All mail is held without using up attempts; next probe %s.",
 			ago(st.UpstreamDownSince), st.UpstreamDown, ago(st.NextProbe))
 	}
-	for _, a := range s.opts.Accounts.States() {
+	for _, a := range s.accountStates() {
 		v := accountView{AccountState: a, Delegated: a.Flow != tokens.FlowClientCredentials}
 		for state, n := range st.ByAccount[a.Account] {
 			if state != queue.MsgFailed {
@@ -329,20 +329,24 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 {{if .Outage}}<div class="flash warn" id="outage">{{.Outage}}</div>{{end}}
 {{if not .Ready.Ready}}<div class="flash warn" id="not-ready">Not ready: spool {{.Ready.Spool}}; listener {{.Ready.Listener}}.</div>{{end}}
 <section><h2>Accounts</h2><div class="cards">
-{{range .Accounts}}<div class="card" id="account-{{.Account}}">
+{{range .Accounts}}{{$acct := .Account}}<div class="card" id="account-{{.Account}}">
 <div><strong>{{.Account}}</strong> <span class="badge {{string .State}}" data-state="{{string .State}}">{{if eq (string .State) "connected"}}connected{{else if eq (string .State) "needs_reconnect"}}needs reconnect{{else if eq (string .State) "misconfigured"}}misconfigured{{else if eq (string .State) "smtp_auth_disabled"}}SMTP AUTH disabled{{else if eq (string .State) "smtp_auth_refused"}}login refused{{else}}not connected{{end}}</span></div>
 <div class="muted">{{.Mailbox}} · {{.Flow}}{{if .Waiting}} · {{.Waiting}} waiting{{end}}</div>
+<div class="muted" id="protocols-{{.Account}}">Protocols: {{range $i, $p := .Protocols}}{{if $i}}, {{end}}{{$p}}{{end}}{{with .Sessions}} · open now:{{range $p, $n := .}} {{$n}} {{$p}}{{end}}{{end}}</div>
 {{if .Explanation.Title}}<p>{{if .Explanation.Code}}<code>{{.Explanation.Code}}</code> {{end}}{{.Explanation.Title}}.
 {{if .Explanation.Detail}}<br><span class="muted">{{.Explanation.Detail}}</span>{{end}}
 {{if .Explanation.Action}}<br><strong>What to do:</strong> {{.Explanation.Action}}{{end}}
 {{if .Explanation.URL}}<br><a href="{{.Explanation.URL}}">Admin consent link</a> — send it to an administrator{{end}}</p>{{end}}
+{{range $p, $ex := .Refused}}<p class="flash warn" id="refused-{{$acct}}-{{$p}}"><strong>{{$p}} logins stopped</strong> (mail is not affected): {{if $ex.Code}}<code>{{$ex.Code}}</code> {{end}}{{$ex.Title}}.
+{{if $ex.Detail}}<br><span class="muted">{{$ex.Detail}}</span>{{end}}
+{{if $ex.Action}}<br><strong>What to do:</strong> {{$ex.Action}}{{end}}</p>{{end}}
 {{if .MissingProtocols}}<p class="flash warn">Reconnect to grant {{range $i, $p := .MissingProtocols}}{{if $i}}, {{end}}{{$p}}{{end}}: the last sign-in did not include its permission.</p>{{end}}
 <p class="muted">{{if .ConsentedBy}}Signed in as {{.ConsentedBy}} {{ago .ConsentedAt}}.<br>{{end}}
 Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry.Format "2006-01-02 15:04 MST"}}{{if .Fingerprint}} ({{.Fingerprint}}){{end}}{{end}}.
 {{if not .LastRefresh.IsZero}}Last refresh {{ago .LastRefresh}}.{{end}}</p>
 {{if eq .Flow "device_code"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/device"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="connect-{{.Account}}" title="shows a code to enter at Microsoft's sign-in page">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</button></form>
 {{else if .Delegated}}<a class="btn" id="connect-{{.Account}}" href="/connect/{{.Account}}">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</a>{{end}}
-{{if ne (string .State) "connected"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on Microsoft's side">Try again</button></form>{{end}}
+{{if or (ne (string .State) "connected") .Refused}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on Microsoft's side">Try again</button></form>{{end}}
 <form class="inline" method="post" action="/ui/accounts/{{.Account}}/test"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light" id="test-{{.Account}}" title="sign in to Microsoft without sending">Test</button></form>
 </div>{{end}}
 </div></section>
