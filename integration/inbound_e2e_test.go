@@ -34,6 +34,18 @@ const inboundUser = "app"
 // password.
 func newInboundHarness(t testing.TB, mod func(*configs.Config)) (*harness, string) {
 	t.Helper()
+	return newInboundHarnessWith(t, bcrypt.DefaultCost, mod)
+}
+
+// newInboundHarnessCost is newInboundHarness with the local password hashed
+// at a bcrypt cost (benchmarks).
+func newInboundHarnessCost(t testing.TB, cost int) (*harness, string) {
+	t.Helper()
+	return newInboundHarnessWith(t, cost, nil)
+}
+
+func newInboundHarnessWith(t testing.TB, cost int, mod func(*configs.Config)) (*harness, string) {
+	t.Helper()
 	fake, err := fakem365.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +53,7 @@ func newInboundHarness(t testing.TB, mod func(*configs.Config)) (*harness, strin
 	t.Cleanup(fake.Close)
 	dir := t.TempDir()
 	pw := "local-" + randHex(12)
-	hash, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	hash, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
 	if err != nil {
 		t.Fatal(err)
 	}
