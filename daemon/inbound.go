@@ -3,6 +3,7 @@ package daemon
 import (
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 
 	"github.com/oauthrelay/oauthrelay/configs"
@@ -35,6 +36,13 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 			}
 		}
 	}
+	if lc.TLS == nil {
+		for _, addr := range []string{c.Inbound.IMAP.Addr, c.Inbound.POP3.Addr} {
+			if addr != "" && !loopbackAddr(addr) {
+				log.Warn("inbound: listening beyond loopback without listen.tls: apps on other hosts can connect but not log in (no STARTTLS/STLS without a certificate)", "addr", addr)
+			}
+		}
+	}
 	for _, p := range []string{inbound.IMAP, inbound.POP3} {
 		for _, r := range inbound.LoginResults() {
 			m.inboundLogins.WithLabelValues(p, r) // each shows from the start, at 0
@@ -62,6 +70,19 @@ func (r *Relay) IMAPAddr() string { return lnAddr(r.imapLn) }
 
 // POP3Addr is where the POP3 proxy listens (after Start), "" when off.
 func (r *Relay) POP3Addr() string { return lnAddr(r.pop3Ln) }
+
+// loopbackAddr reports whether host:port listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
 
 func lnAddr(ln net.Listener) string {
 	if ln == nil {

@@ -3,9 +3,15 @@ package daemon
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,7 +26,8 @@ import (
 )
 
 // With inbound.imap.addr and inbound.pop3.addr set, serve starts both
-// proxies beside the SMTP listener and stops them with it; a login reaches
+// proxies beside the SMTP listener (offering STARTTLS with listen.tls's
+// certificate) and stops them with it; a login reaches
 // the account's token (here: never connected, so a temporary refusal) and
 // is counted.
 func TestRelay_InboundListenersWired(t *testing.T) {
@@ -38,6 +45,7 @@ func TestRelay_InboundListenersWired(t *testing.T) {
 	c.Accounts = []configs.Account{{Name: "helpdesk", Tenant: "t", ClientID: "c", Mailbox: "helpdesk@contoso.com", Senders: []string{"*"}, Protocols: []string{"smtp", "imap", "pop3"}}}
 	configs.AccountDefaults(&c.Accounts[0])
 	c.Inbound.UsersFile = users
+	c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile = writeTestCert(t, dir)
 	c.Inbound.IMAP.Addr, c.Inbound.POP3.Addr = "127.0.0.1:0", "127.0.0.1:0"
 	if ps := configs.Validate(&c); len(ps) != 0 {
 		t.Fatal(ps)
@@ -70,7 +78,7 @@ func TestRelay_InboundListenersWired(t *testing.T) {
 		return got
 	}
 	imap := talk(r.IMAPAddr(), "a LOGIN app wrong", "b LOGIN app pw")
-	if !strings.HasPrefix(imap[0], "* OK [CAPABILITY") || !strings.HasPrefix(imap[1], "a NO [AUTHENTICATIONFAILED]") ||
+	if !strings.HasPrefix(imap[0], "* OK [CAPABILITY IMAP4rev1 STARTTLS ") || !strings.HasPrefix(imap[1], "a NO [AUTHENTICATIONFAILED]") ||
 		!strings.HasPrefix(imap[2], "b NO [UNAVAILABLE] account helpdesk needs attention") {
 		t.Errorf("IMAP: %q", imap)
 	}
@@ -92,4 +100,41 @@ func TestRelay_InboundListenersWired(t *testing.T) {
 	if _, err := net.Dial("tcp", r.IMAPAddr()); err == nil {
 		t.Error("the IMAP listener is still open after Shutdown")
 	}
+}
+
+func TestLoopbackAddr(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:1143": true, "[::1]:1143": true, "localhost:1143": true,
+		"0.0.0.0:1143": false, ":1143": false, "10.0.0.5:1143": false, "nonsense": false,
+	} {
+		if got := loopbackAddr(addr); got != want {
+			t.Errorf("loopbackAddr(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// writeTestCert writes a self-signed certificate for 127.0.0.1 and its key
+// into dir.
+func writeTestCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
 }
