@@ -55,8 +55,12 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 		MaxConnectionsPerAccount: c.Inbound.MaxConnectionsPerAccount,
 		DialTimeout:              c.Delivery.DialTimeout,
 		Events: inbound.Events{
-			Login:   func(protocol, result string) { m.inboundLogins.WithLabelValues(protocol, result).Inc() },
-			Session: func(s inbound.Session) { m.inboundSessions.WithLabelValues(s.Protocol, s.Account).Inc() },
+			Login: func(protocol, result string) { m.inboundLogins.WithLabelValues(protocol, result).Inc() },
+			Session: func(s inbound.Session) {
+				m.inboundSessions.WithLabelValues(s.Protocol, s.Account).Inc()
+				m.inboundBytes.WithLabelValues(s.Protocol, "in").Add(float64(s.BytesIn))
+				m.inboundBytes.WithLabelValues(s.Protocol, "out").Add(float64(s.BytesOut))
+			},
 		},
 		Logger: log,
 	}), nil

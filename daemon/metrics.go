@@ -35,6 +35,7 @@ type Metrics struct {
 
 	inboundSessions *prometheus.CounterVec
 	inboundLogins   *prometheus.CounterVec
+	inboundBytes    *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics in a registry of their own.
@@ -67,6 +68,7 @@ func NewMetrics() *Metrics {
 	m.throttled = f("oauthrelay_upstream_throttled_total", "Times Microsoft throttled an account (421 4.4.2, 432 4.3.2).", "account")
 	m.refreshes = f("oauthrelay_token_refreshes_total", "Token requests to Entra ID, by account and result (ok, transient, refused).", "account", "result")
 	m.inboundSessions = f("oauthrelay_inbound_sessions_total", "IMAP and POP3 sessions relayed to Microsoft 365 after a login, by protocol and account (counted when they end).", "protocol", "account")
+	m.inboundBytes = f("oauthrelay_inbound_bytes_total", "Bytes relayed by the IMAP and POP3 proxies, by protocol and direction (in: client to Microsoft 365, out: back), counted when a session ends.", "protocol", "direction")
 	m.inboundLogins = f("oauthrelay_inbound_logins_total", "IMAP and POP3 logins, by protocol and result (ok, bad_password, locked_out, not_private, busy, unavailable, refused).", "protocol", "result")
 	m.panics = prometheus.NewCounter(prometheus.CounterOpts{Name: "oauthrelay_delivery_panics_total", Help: "Deliveries that panicked (recovered, logged with the stack; the message was deferred). Anything above 0 is a bug: please report it."})
 	m.reg.MustRegister(m.panics)
