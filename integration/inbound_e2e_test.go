@@ -311,10 +311,15 @@ func TestInbound_IdleSeesNewMail(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stop := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() }) // never hang the suite
+	defer stop.Stop()
 	lines := bufio.NewScanner(stdout)
 	if !lines.Scan() || lines.Text() != "IDLING" {
 		t.Fatalf("helper: %q", lines.Text())
 	}
+	// The fake's IMAP (go-imap v2) answers "+ idling" before it starts
+	// watching the mailbox; let the watch start (see fakem365's IDLE test).
+	time.Sleep(200 * time.Millisecond)
 	start := time.Now()
 	if _, err := send(h.relay.SMTPAddr(), mailbox, []string{mailbox}, message(3, mailbox, mailbox, ""), nil); err != nil {
 		t.Fatal(err)

@@ -193,6 +193,10 @@ func TestIMAP_IdleSeesNewMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// go-imap v2's server answers "+ idling" before its session starts
+	// watching the mailbox; a message landing in between can go unreported
+	// (seen once in CI runs). Give the watch a moment to start.
+	time.Sleep(200 * time.Millisecond)
 	sendToSelf(t, m, "Subject: new\r\n\r\nnew mail\r\n")
 	select {
 	case n := <-exists:
