@@ -20,7 +20,7 @@
 //     after STARTTLS before the handshake end the session (CVE-2011-0411).
 //   - wrong local password or unknown user: IMAP NO [AUTHENTICATIONFAILED],
 //     POP3 -ERR [AUTH]; nothing goes upstream; the address's failures feed a
-//     lockout (lockout.go), during which every login is refused as temporary.
+//     lockout (internal/lockout), during which every login is refused as temporary.
 //     A right password is remembered for LoginCacheTTL (logincache.go) so
 //     the next login skips bcrypt; a wrong one never is.
 //   - the account's sessions are at inbound.max_connections_per_account: a

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/internal/lockout"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
 
@@ -38,7 +39,7 @@ type TokenSource interface {
 const (
 	LoginOK          = "ok"
 	LoginBadPassword = "bad_password" // wrong local password or unknown user
-	LoginLockedOut   = "locked_out"   // the address is locked out (lockout.go)
+	LoginLockedOut   = "locked_out"   // the address is locked out (internal/lockout)
 	LoginNotPrivate  = "not_private"  // login from a non-loopback address
 	LoginBusy        = "busy"         // the account has max connections open
 	LoginUnavailable = "unavailable"  // no token, or upstream unreachable
@@ -111,7 +112,7 @@ type Options struct {
 type Server struct {
 	opts    Options
 	log     *slog.Logger
-	lockout *lockout
+	lockout *lockout.Lockout[netip.Addr]
 	logins  *loginCache
 	// ctx ends with Close, so a login waiting for a token or a dial does
 	// not hold Close up.
@@ -154,7 +155,7 @@ func New(opts Options) *Server {
 		opts.LoginCacheTTL = 5 * time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opts: opts, log: opts.Logger, lockout: newLockout(opts.LockoutBase, opts.LockoutMax, opts.Logger),
+	return &Server{opts: opts, log: opts.Logger, lockout: lockout.New[netip.Addr](freeFailures, opts.LockoutBase, opts.LockoutMax),
 		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
 		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
@@ -291,21 +292,24 @@ func (s *Server) event(protocol, result string) {
 // of recent successful logins, then bcrypt.
 // It returns the user's account, or the login result that refuses it.
 func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (account, result string) {
-	if s.lockout.locked(ip) {
+	if _, locked := s.lockout.Locked(ip); locked {
 		return "", LoginLockedOut
 	}
 	if account, ok := s.logins.get(user, pass); ok {
-		s.lockout.success(ip)
+		s.lockout.Success(ip)
 		return account, ""
 	}
 	account, ok := s.opts.Users.check(user, pass)
 	if !ok {
-		s.lockout.fail(ip, protocol)
+		if d, n := s.lockout.Fail(ip); d > 0 {
+			s.log.Warn("inbound: address locked out after failed logins; every IMAP/POP3 login from it is refused until the lock ends",
+				"client", ip.String(), "protocol", protocol, "failed_logins", n, "locked_for", d.String())
+		}
 		s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", user)
 		return "", LoginBadPassword
 	}
 	s.logins.put(user, pass, account)
-	s.lockout.success(ip)
+	s.lockout.Success(ip)
 	return account, ""
 }
 
@@ -457,3 +461,7 @@ func (s *Server) Sessions() map[string]map[string]int {
 func LoginResults() []string {
 	return []string{LoginOK, LoginBadPassword, LoginLockedOut, LoginNotPrivate, LoginBusy, LoginUnavailable, LoginRefused}
 }
+
+// freeFailures per address before the first lock of its logins
+// (internal/lockout), as many as SMTP AUTH allows.
+const freeFailures = 5

@@ -20,6 +20,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/oauthrelay/oauthrelay/internal/lockout"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -48,7 +49,7 @@ type ListenerConfig struct {
 	// AuthRequired makes MAIL without AUTH fail with 530 5.7.0.
 	AuthRequired bool
 	// AuthLockoutBase and AuthLockoutMax are the first and the longest
-	// lock of an address after failed AUTHs (authLockout); 0: 1 s, 15 min.
+	// lock of an address after failed AUTHs (internal/lockout); 0: 1 s, 15 min.
 	AuthLockoutBase, AuthLockoutMax time.Duration
 
 	// MaxSessionsPerClient caps the sessions one client address may have
@@ -103,7 +104,10 @@ type Listener struct {
 	events  ListenerEvents
 	active  atomic.Int64
 	serving atomic.Bool
-	lockout *authLockout
+	// lockout slows AUTH guessing per address; it outlives connections,
+	// so reconnecting does not start afresh (the per-connection limit,
+	// maxAuthFailures, is smtpConn's).
+	lockout *lockout.Lockout[netip.Addr]
 	// dummyHash is checked for an unknown user, at the cost of the real
 	// users' hashes, so a refusal takes as long whether the user exists.
 	dummyHash []byte
@@ -133,7 +137,7 @@ func NewListener(cfg ListenerConfig, q Enqueuer, router *Router, log *slog.Logge
 		dummy, _ = bcrypt.GenerateFromPassword([]byte("oauthrelay: no such user"), cost)
 	}
 	return &Listener{cfg: cfg, q: q, router: router, log: log, events: events,
-		lockout:   newAuthLockout(cfg.AuthLockoutBase, cfg.AuthLockoutMax, log),
+		lockout:   lockout.New[netip.Addr](maxAuthFailures, cfg.AuthLockoutBase, cfg.AuthLockoutMax),
 		dummyHash: dummy,
 		conns:     map[*smtpConn]struct{}{}, clients: map[netip.Addr]int{}, refused: map[netip.Addr]time.Time{}}
 }
@@ -426,13 +430,13 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	if !s.c.isTLS && !s.remote.IsLoopback() {
 		return nil, errEncryptionReq
 	}
-	if s.l.lockout.locked(s.remote) {
+	if _, locked := s.l.lockout.Locked(s.remote); locked {
 		return nil, errAuthLocked
 	}
 	// check runs in the session's goroutine, never the accept loop: bcrypt
 	// takes its time on purpose.
 	check := func(user, pass string) error {
-		if s.l.lockout.locked(s.remote) { // a lock begun during the exchange
+		if _, locked := s.l.lockout.Locked(s.remote); locked { // a lock begun during the exchange
 			return errAuthLocked
 		}
 		hash, ok := s.l.cfg.Users[user]
@@ -465,7 +469,10 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // lock brings the address nearer its next lock.
 func (s *session) AuthFailed(err error) error {
 	if err != errAuthLocked {
-		s.l.lockout.fail(s.remote)
+		if d, n := s.l.lockout.Fail(s.remote); d > 0 {
+			s.l.log.Warn("smtp: address locked out after failed AUTH; every AUTH from it is refused until the lock ends",
+				"client", s.remote.String(), "failed_auths", n, "locked_for", d.String())
+		}
 	}
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
@@ -476,7 +483,7 @@ func (s *session) AuthFailed(err error) error {
 
 // AuthSucceeded forgets the address's failed AUTHs.
 func (s *session) AuthSucceeded() {
-	s.l.lockout.success(s.remote)
+	s.l.lockout.Success(s.remote)
 }
 
 // loginServer is the server side of AUTH LOGIN (go-sasl has only a client).

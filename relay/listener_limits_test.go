@@ -87,7 +87,7 @@ func newLimitsRig(t *testing.T, routes []Route, mod func(*ListenerConfig)) *limi
 		r.refusals[reason]++
 	}}
 	r.l = NewListener(cfg, r.q, NewRouter(routes), slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug})), events)
-	r.l.lockout.now = func() time.Time { return time.Now().Add(time.Duration(r.skew.Load())) }
+	r.l.lockout.Now = func() time.Time { return time.Now().Add(time.Duration(r.skew.Load())) }
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

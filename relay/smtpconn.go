@@ -71,7 +71,7 @@ const (
 	// maxErrors syntax errors end a session (a client talking nonsense).
 	maxErrors = 10
 	// maxAuthFailures failed AUTHs end a session; the address's lockout
-	// (authLockout) slows it down across sessions.
+	// (internal/lockout) slows it down across sessions.
 	maxAuthFailures = 5
 )
 

@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/internal/lockout"
 	"github.com/oauthrelay/oauthrelay/queue"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
@@ -89,7 +90,7 @@ type Server struct {
 	mux      *http.ServeMux
 	mu       sync.Mutex
 	sessions map[string]session
-	lock     *lockout
+	lock     *lockout.Lockout[string] // the admin token's guessing limit
 }
 
 type session struct {
@@ -110,7 +111,7 @@ func New(opts Options) (*Server, error) {
 	if opts.SessionLifetime <= 0 {
 		opts.SessionLifetime = 12 * time.Hour
 	}
-	s := &Server{opts: opts, mux: http.NewServeMux(), sessions: map[string]session{}, lock: newLockout(opts.Log)}
+	s := &Server{opts: opts, mux: http.NewServeMux(), sessions: map[string]session{}, lock: lockout.New[string](5, lockout.DefaultBase, lockout.DefaultMax)}
 	m := s.mux
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	m.HandleFunc("GET /readyz", s.readyz)
@@ -218,7 +219,7 @@ func clientIP(r *http.Request) string {
 // out address is refused (429, with how long) whatever it sends.
 func (s *Server) checkToken(w http.ResponseWriter, r *http.Request, given string) (ok bool, locked time.Duration) {
 	ip := clientIP(r)
-	if left, l := s.lock.locked(ip); l {
+	if left, l := s.lock.Locked(ip); l {
 		w.Header().Set("Retry-After", fmt.Sprint(int(left.Seconds())+1))
 		return false, left
 	}
@@ -228,10 +229,13 @@ func (s *Server) checkToken(w http.ResponseWriter, r *http.Request, given string
 		return false, 0
 	}
 	if !equalSecret(given, s.opts.Token) {
-		s.lock.fail(ip)
+		if d, n := s.lock.Fail(ip); d > 0 {
+			s.opts.Log.Warn("admin: address locked out after wrong admin tokens; every attempt from it is refused until the lock ends",
+				"client", ip, "wrong_tokens", n, "locked_for", d.String())
+		}
 		return false, 0
 	}
-	s.lock.success(ip)
+	s.lock.Success(ip)
 	return true, 0
 }
 
