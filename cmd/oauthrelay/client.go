@@ -434,12 +434,8 @@ func newAccountsCmd() *cobra.Command {
 		Short: "Try an account that needs attention again (after fixing it on Microsoft's side) and resume its mail",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := newAPIClient(cmd)
+			raw, err := accountCall(cmd, "POST", args[0], "retry")
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := a.call("POST", "/api/accounts/"+url.PathEscape(args[0])+"/retry", &raw); err != nil {
 				return err
 			}
 			if jsonFlag(cmd) {
@@ -465,12 +461,8 @@ func newCheckCmd() *cobra.Command {
 		Short: "Test an account end to end without sending: token, permissions, connection, login (exit 0 only if all pass)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := newAPIClient(cmd)
+			raw, err := accountCall(cmd, "POST", args[0], "test")
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := a.call("POST", "/api/accounts/"+url.PathEscape(args[0])+"/test", &raw); err != nil {
 				return err
 			}
 			var res admin.CheckResult
@@ -559,12 +551,8 @@ The token is valid for about an hour; ask again each time. It carries the
 scopes of the account's protocols (accounts[].protocols).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := newAPIClient(cmd)
+			raw, err := accountCall(cmd, "GET", args[0], "token")
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := a.call("GET", "/api/accounts/"+url.PathEscape(args[0])+"/token", &raw); err != nil {
 				return err
 			}
 			if jsonFlag(cmd) {
@@ -582,4 +570,20 @@ scopes of the account's protocols (accounts[].protocols).`,
 	}
 	apiFlags(cmd)
 	return cmd
+}
+
+// accountCall makes one admin API call about an account:
+// METHOD /api/accounts/{name}/{what}, and returns its JSON.
+func accountCall(cmd *cobra.Command, method, name, what string) (json.RawMessage, error) {
+	a, err := newAPIClient(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var raw json.RawMessage
+	err = a.call(method, accountPath(name, what), &raw)
+	return raw, err
+}
+
+func accountPath(name, what string) string {
+	return "/api/accounts/" + url.PathEscape(name) + "/" + what
 }

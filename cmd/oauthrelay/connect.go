@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -118,7 +117,7 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 		return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
 	case flow == configs.FlowClientCredentials:
 		var res struct{ Result string }
-		if err := api.call("POST", "/api/accounts/"+url.PathEscape(name)+"/retry", &res); err != nil {
+		if err := api.call("POST", accountPath(name, "retry"), &res); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "Account %s uses client credentials: no sign-in needed; the relay fetched a token (%s).\n", name, res.Result)
@@ -128,7 +127,7 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 		return nil
 	}
 	var d tokens.DeviceSignIn
-	if err := api.call("POST", "/api/accounts/"+url.PathEscape(name)+"/device", &d); err != nil {
+	if err := api.call("POST", accountPath(name, "device"), &d); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, d.Message)
@@ -139,7 +138,7 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 			return errors.New("stopped waiting; the sign-in can still be completed: the relay keeps polling until the code expires")
 		case <-time.After(2 * time.Second):
 		}
-		if err := api.call("GET", "/api/accounts/"+url.PathEscape(name)+"/device", &d); err != nil {
+		if err := api.call("GET", accountPath(name, "device"), &d); err != nil {
 			return err
 		}
 	}
