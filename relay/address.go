@@ -193,19 +193,30 @@ func parseDotString(s string, smtputf8 bool) (string, string, *addressError) {
 			i++
 			continue
 		}
-		r, n := decodeRune(s[i:])
-		if r == utf8.RuneError {
-			return "", "", addrErr("invalid UTF-8 in the local part")
-		}
-		if !utf8Allowed(r) {
-			return "", "", charErr(s[i:], "in the local part")
-		}
-		if !smtputf8 {
-			return "", "", &addressError{msg: "non-ASCII local part without SMTPUTF8", nonASCII: true}
+		n, err := localUTF8(s[i:], smtputf8)
+		if err != nil {
+			return "", "", err
 		}
 		i += n
 	}
 	return s[:i], s[i:], nil
+}
+
+// localUTF8 reads one non-ASCII character at the start of s, in a local
+// part (dot-string or quoted): valid UTF-8, a character RFC 6531 allows,
+// and only with SMTPUTF8. It returns the character's length.
+func localUTF8(s string, smtputf8 bool) (int, *addressError) {
+	r, n := decodeRune(s)
+	if r == utf8.RuneError {
+		return 0, addrErr("invalid UTF-8 in the local part")
+	}
+	if !utf8Allowed(r) {
+		return 0, charErr(s, "in the local part")
+	}
+	if !smtputf8 {
+		return 0, &addressError{msg: "non-ASCII local part without SMTPUTF8", nonASCII: true}
+	}
+	return n, nil
 }
 
 // parseQuoted reads a Quoted-string's content after its opening quote. A
@@ -242,15 +253,9 @@ func parseQuoted(s string, smtputf8 bool) (string, string, *addressError) {
 			b.WriteByte(c)
 			i++
 		default:
-			r, n := decodeRune(s[i:])
-			if r == utf8.RuneError {
-				return "", "", addrErr("invalid UTF-8 in the local part")
-			}
-			if !utf8Allowed(r) {
-				return "", "", charErr(s[i:], "in the local part")
-			}
-			if !smtputf8 {
-				return "", "", &addressError{msg: "non-ASCII local part without SMTPUTF8", nonASCII: true}
+			n, err := localUTF8(s[i:], smtputf8)
+			if err != nil {
+				return "", "", err
 			}
 			b.WriteString(s[i : i+n])
 			i += n
