@@ -371,3 +371,7 @@ func (c *client) expect(prefix string) string {
 func plain(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
 }
+
+// imap and pop3 serve one client connection as the accept loop does.
+func (h *harness) imap(c net.Conn) { h.srv.serveConn(c, IMAP, func() { c.Close() }) }
+func (h *harness) pop3(c net.Conn) { h.srv.serveConn(c, POP3, func() { c.Close() }) }

@@ -42,7 +42,8 @@ type imapConn struct {
 	r        *lineReader
 	ip       netip.Addr
 	loopback bool
-	secure   bool // STARTTLS done
+	rel      *relay // set by a login that succeeded
+	secure   bool   // STARTTLS done
 }
 
 // private reports whether a password may be sent: on loopback, or after
@@ -71,9 +72,10 @@ func (ic *imapConn) write(format string, args ...any) error {
 }
 
 // imapSession runs one client's IMAP session: login here, then the relay.
-func (s *Server) imapSession(c net.Conn) {
+func (s *Server) imapSession(c net.Conn) (logged *relay) {
 	ip, ok, loopback := s.allowed(c)
 	ic := &imapConn{s: s, c: c, r: newLineReader(c), ip: ip, loopback: loopback}
+	defer func() { logged = ic.rel }()
 	c.SetWriteDeadline(time.Now().Add(s.opts.LoginTimeout))
 	if !ok {
 		ic.write("* BYE access denied: %s is not in listen.allowed_networks", ip)
@@ -177,6 +179,7 @@ func (s *Server) imapSession(c net.Conn) {
 		}
 	}
 	ic.write("* BYE too many errors")
+	return nil
 }
 
 // authenticatePlain reads AUTHENTICATE PLAIN's response (initial response
@@ -249,7 +252,11 @@ func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 		ic.write("%s NO [UNAVAILABLE] too many connections for this mailbox", tag)
 		return false, false
 	}
-	defer s.release(account)
+	defer func() {
+		if ic.rel == nil {
+			s.release(account)
+		}
+	}()
 	var caps string
 	u, fail := s.signIn(IMAP, s.opts.IMAPUpstream, account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
 		var refusal string
@@ -272,7 +279,7 @@ func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 		u.conn.Close()
 		return true, false
 	}
-	s.session(IMAP, ic.c, ic.r.r, user, account, u)
+	ic.rel = s.handOff(IMAP, user, account, ic.c, ic.r, u)
 	return true, false
 }
 

@@ -87,6 +87,22 @@ func TestIMAP_AuthenticatePlain(t *testing.T) {
 	c2.expect("x OK [CAPABILITY IMAP4 IMAP4rev1 IDLE MOVE UIDPLUS] LOGIN completed")
 }
 
+// A client that sends its next commands in the same packet as its LOGIN
+// (the relay has read them into its login buffer) still has them relayed,
+// in order, once the session is handed over.
+func TestIMAP_CommandsPipelinedAfterLoginAreRelayed(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok-1"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok-1"}}, nil)
+
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw\r\nb NOOP\r\nc NOOP")
+	c.expect("a OK [CAPABILITY")
+	c.expect("b OK NOOP completed.")
+	c.expect("c OK NOOP completed.")
+}
+
 // A wrong password or an unknown user is refused as such, and nothing is
 // sent upstream; after three the session ends.
 func TestIMAP_WrongPasswordNeverReachesUpstream(t *testing.T) {
@@ -269,7 +285,7 @@ func TestIMAP_OnlyLoopbackMayLogIn(t *testing.T) {
 	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
 	run := func(remote string) *client {
 		a, b := net.Pipe()
-		go h.srv.imapSession(remoteConn{a, remote})
+		go h.imap(remoteConn{a, remote})
 		t.Cleanup(func() { b.Close() })
 		return &client{t: t, c: b, r: newLineReader(b).r}
 	}

@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -18,6 +19,18 @@ type lineReader struct {
 }
 
 func newLineReader(c io.Reader) *lineReader { return &lineReader{r: bufio.NewReaderSize(c, 4096)} }
+
+// rest is what reads on after the login phase: the bytes l holds beyond
+// the lines read (a pipelining client's next command), then c itself —
+// so a session that idles for hours does not keep l's 4 KiB buffer.
+func (l *lineReader) rest(c io.Reader) io.Reader {
+	n := l.r.Buffered()
+	if n == 0 {
+		return c
+	}
+	b, _ := l.r.Peek(n)
+	return io.MultiReader(bytes.NewReader(bytes.Clone(b)), c)
+}
 
 var errLineTooLong = errors.New("line too long")
 
@@ -42,57 +55,55 @@ func (l *lineReader) readLine(max int) (string, error) {
 	return strings.TrimSuffix(s, "\r"), nil
 }
 
-// pipe relays a logged-in session byte for byte until both directions have
-// ended: client → upstream from fromClient (which holds what the client
-// sent ahead of the login's answer), upstream → client from fromUp. When
-// one direction ends at EOF, the connection it wrote to is half-closed (TCP
-// FIN, TLS close_notify) so that end sees it, and the other direction has
-// grace to finish (a reply still on its way); an error, or the grace
-// running out, ends both at once. It returns the bytes each way.
-func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, grace time.Duration) (in, out int64) {
+// pipe relays a logged-in session byte for byte in two goroutines of its
+// own and returns at once; done gets the bytes each way when both
+// directions have ended: client → upstream from fromClient (which holds
+// what the client sent ahead of the login's answer), upstream → client
+// from fromUp. When one direction ends at EOF, the connection it wrote to
+// is half-closed (TCP FIN, TLS close_notify) so that end sees it, and the
+// other direction has grace to finish (a reply still on its way); an
+// error, or the grace running out, ends both at once.
+func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, grace time.Duration, done func(in, out int64)) {
 	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		mu    sync.Mutex
-		timer *time.Timer
+		once    sync.Once
+		mu      sync.Mutex
+		timer   *time.Timer
+		running = 2
+		in, out int64
 	)
 	both := func() { once.Do(func() { client.Close(); up.Close() }) }
 	// ended is called when the direction writing to dst has ended.
 	ended := func(dst net.Conn, err error) {
 		if err != nil {
 			both()
-			return
-		}
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		} else if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 		mu.Lock()
-		if timer == nil {
+		running--
+		last := running == 0
+		switch {
+		case last && timer != nil:
+			timer.Stop()
+		case !last && timer == nil && err == nil:
 			timer = time.AfterFunc(grace, both)
 		}
 		mu.Unlock()
+		if last {
+			both()
+			done(in, out) // in and out were written before mu was taken
+		}
 	}
-	wg.Add(2)
 	go func() {
-		defer wg.Done()
-		var err error
-		in, err = copyAdaptive(up, fromClient)
+		n, err := copyAdaptive(up, fromClient)
+		in = n
 		ended(up, err)
 	}()
 	go func() {
-		defer wg.Done()
-		var err error
-		out, err = copyAdaptive(client, fromUp)
+		n, err := copyAdaptive(client, fromUp)
+		out = n
 		ended(client, err)
 	}()
-	wg.Wait()
-	mu.Lock()
-	if timer != nil {
-		timer.Stop()
-	}
-	mu.Unlock()
-	both()
-	return in, out
 }
 
 // copyAdaptive copies src to dst like io.Copy, but a direction that has

@@ -31,7 +31,8 @@ type pop3Conn struct {
 	r        *lineReader
 	ip       netip.Addr
 	loopback bool
-	secure   bool // STLS done
+	rel      *relay // set by a login that succeeded
+	secure   bool   // STLS done
 }
 
 // private reports whether a password may be sent: on loopback, or after
@@ -44,9 +45,10 @@ func (pc *pop3Conn) write(format string, args ...any) error {
 }
 
 // pop3Session runs one client's POP3 session: login here, then the relay.
-func (s *Server) pop3Session(c net.Conn) {
+func (s *Server) pop3Session(c net.Conn) (logged *relay) {
 	ip, ok, loopback := s.allowed(c)
 	pc := &pop3Conn{s: s, c: c, r: newLineReader(c), ip: ip, loopback: loopback}
+	defer func() { logged = pc.rel }()
 	c.SetWriteDeadline(time.Now().Add(s.opts.LoginTimeout))
 	if !ok {
 		pc.write("-ERR [SYS/PERM] access denied: %s is not in listen.allowed_networks", ip)
@@ -164,6 +166,7 @@ func (s *Server) pop3Session(c net.Conn) {
 		}
 	}
 	pc.write("-ERR too many errors")
+	return nil
 }
 
 // authPlain reads AUTH PLAIN's response (initial or after "+ ") and
@@ -212,7 +215,11 @@ func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 		pc.write("-ERR [SYS/TEMP] too many connections for this mailbox")
 		return false, false
 	}
-	defer s.release(account)
+	defer func() {
+		if pc.rel == nil {
+			s.release(account)
+		}
+	}()
 	var ok string
 	u, fail := s.signIn(POP3, s.opts.POP3Upstream, account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
 		var refusal string
@@ -231,7 +238,7 @@ func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 		u.conn.Close()
 		return true, false
 	}
-	s.session(POP3, pc.c, pc.r.r, user, account, u)
+	pc.rel = s.handOff(POP3, user, account, pc.c, pc.r, u)
 	return true, false
 }
 

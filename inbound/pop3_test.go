@@ -115,7 +115,7 @@ func TestPOP3_OnlyLoopbackMayLogIn(t *testing.T) {
 	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
 	run := func(remote string) *client {
 		a, b := net.Pipe()
-		go h.srv.pop3Session(remoteConn{a, remote})
+		go h.pop3(remoteConn{a, remote})
 		t.Cleanup(func() { b.Close() })
 		return &client{t: t, c: b, r: newLineReader(b).r}
 	}

@@ -114,6 +114,10 @@ type Server struct {
 	log     *slog.Logger
 	lockout *lockout.Lockout[netip.Addr]
 	logins  *loginCache
+	// upTLS is the TLS configuration of every upstream connection: one,
+	// so its session cache lets a reconnect resume TLS with Microsoft
+	// instead of verifying the certificate chain again.
+	upTLS *tls.Config
 	// ctx ends with Close, so a login waiting for a token or a dial does
 	// not hold Close up.
 	ctx    context.Context
@@ -157,6 +161,7 @@ func New(opts Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, log: opts.Logger, lockout: lockout.New[netip.Addr](freeFailures, opts.LockoutBase, opts.LockoutMax),
 		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
+		upTLS:  &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(16)},
 		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
@@ -197,15 +202,7 @@ func (s *Server) serve(ln net.Listener, protocol string) error {
 		}
 		// Everything slow (bcrypt, tokens, dialling) happens in the
 		// session's goroutine, never here.
-		go func() {
-			defer s.wg.Done()
-			defer s.untrack(c)
-			if protocol == IMAP {
-				s.imapSession(c)
-			} else {
-				s.pop3Session(c)
-			}
-		}()
+		go s.serveConn(c, protocol, func() { s.untrack(c); s.wg.Done() })
 	}
 }
 
@@ -401,12 +398,9 @@ func (s *Server) signIn(protocol, addr, account string, login upstreamLogin) (*u
 // dial connects to addr with implicit TLS, verified against RootCAs. A
 // token is never sent without TLS.
 func (s *Server) dial(addr string) (*upstreamConn, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout},
-		Config: &tls.Config{ServerName: host, RootCAs: s.opts.RootCAs, MinVersion: tls.VersionTLS12}}
+	// The dialer names the server from addr (the certificate is checked
+	// against that host).
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout}, Config: s.upTLS}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.DialTimeout)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -416,19 +410,57 @@ func (s *Server) dial(addr string) (*upstreamConn, error) {
 	return &upstreamConn{conn: c, br: newLineReader(c)}, nil
 }
 
-// session runs the relay for a logged-in client and reports it.
-func (s *Server) session(protocol string, client net.Conn, fromClient io.Reader, user, account string, u *upstreamConn) {
-	start := time.Now()
-	s.opened(account, protocol, 1)
-	in, out := pipe(client, fromClient, u.conn, u.br.r, s.opts.CloseGrace)
-	s.opened(account, protocol, -1) // before the report: it sees the session gone
-	sess := Session{Protocol: protocol, Client: client.RemoteAddr().String(), User: user, Account: account,
-		Duration: time.Since(start), BytesIn: in, BytesOut: out}
-	s.log.Info("inbound: session ended", "protocol", protocol, "client", sess.Client, "user", user, "account", account,
-		"duration", sess.Duration.Round(time.Millisecond).String(), "bytes_in", in, "bytes_out", out)
-	if s.opts.Events.Session != nil {
-		s.opts.Events.Session(sess)
+// serveConn runs one client's login phase and, once it is logged in,
+// hands the session to the two goroutines that relay its bytes; end runs
+// when the client is gone, either way. The goroutine that ran the login
+// (bcrypt, the TLS handshake upstream: a deep stack) ends at the hand-off,
+// so an idle session holds only two shallow ones.
+func (s *Server) serveConn(c net.Conn, protocol string, end func()) {
+	var r *relay
+	if protocol == IMAP {
+		r = s.imapSession(c)
+	} else {
+		r = s.pop3Session(c)
 	}
+	if r == nil {
+		end()
+		return
+	}
+	s.startRelay(r, end)
+}
+
+// relay is a logged-in session: the client and Microsoft's connection
+// with what each side sent beyond the login, and its account slot.
+type relay struct {
+	protocol, user, account string
+	client, up              net.Conn
+	fromClient, fromUp      io.Reader
+}
+
+// handOff ends a login that succeeded: the session keeps the account's
+// slot until it ends, and no longer keeps the login's line buffers.
+func (s *Server) handOff(protocol, user, account string, client net.Conn, cr *lineReader, u *upstreamConn) *relay {
+	return &relay{protocol: protocol, user: user, account: account,
+		client: client, fromClient: cr.rest(client), up: u.conn, fromUp: u.br.rest(u.conn)}
+}
+
+// startRelay relays r until both sides are done, then reports it, gives
+// back its account slot and calls end. It does not wait.
+func (s *Server) startRelay(r *relay, end func()) {
+	start := time.Now()
+	s.opened(r.account, r.protocol, 1)
+	pipe(r.client, r.fromClient, r.up, r.fromUp, s.opts.CloseGrace, func(in, out int64) {
+		s.opened(r.account, r.protocol, -1) // before the report: it sees the session gone
+		s.release(r.account)
+		sess := Session{Protocol: r.protocol, Client: r.client.RemoteAddr().String(), User: r.user, Account: r.account,
+			Duration: time.Since(start), BytesIn: in, BytesOut: out}
+		s.log.Info("inbound: session ended", "protocol", r.protocol, "client", sess.Client, "user", r.user, "account", r.account,
+			"duration", sess.Duration.Round(time.Millisecond).String(), "bytes_in", in, "bytes_out", out)
+		if s.opts.Events.Session != nil {
+			s.opts.Events.Session(sess)
+		}
+		end()
+	})
 }
 
 func (s *Server) opened(account, protocol string, n int) {

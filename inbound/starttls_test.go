@@ -34,7 +34,7 @@ func TestIMAP_STARTTLSThenLoginFromAnotherHost(t *testing.T) {
 	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
 	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.TLS = tlsCfg })
 
-	c := remoteClient(t, h.srv.imapSession, "192.0.2.7:40000")
+	c := remoteClient(t, h.imap, "192.0.2.7:40000")
 	c.expect("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED ID]")
 	c.send("a LOGIN app apppw")
 	c.expect("a NO [PRIVACYREQUIRED] login needs a private connection: use STARTTLS first")
@@ -79,7 +79,7 @@ func TestIMAP_LoopbackOfferedSTARTTLS(t *testing.T) {
 func TestIMAP_STARTTLSInjectionRefused(t *testing.T) {
 	tlsCfg, pool := testTLS(t)
 	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.TLS = tlsCfg })
-	c := remoteClient(t, h.srv.imapSession, "192.0.2.7:40000")
+	c := remoteClient(t, h.imap, "192.0.2.7:40000")
 	c.expect("* OK")
 	c.send("a STARTTLS\r\nb LOGIN app apppw")
 	c.expect("* BYE commands after STARTTLS")
@@ -89,7 +89,7 @@ func TestIMAP_STARTTLSInjectionRefused(t *testing.T) {
 func TestIMAP_NoSTARTTLSWithoutCertificate(t *testing.T) {
 	_, pool := testTLS(t)
 	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
-	c := remoteClient(t, h.srv.imapSession, "192.0.2.7:40000")
+	c := remoteClient(t, h.imap, "192.0.2.7:40000")
 	c.expect("* OK [CAPABILITY IMAP4rev1 LOGINDISABLED ID]")
 	c.send("a STARTTLS")
 	c.expect("a BAD STARTTLS is not offered: listen.tls has no certificate")
@@ -105,7 +105,7 @@ func TestPOP3_STLSThenLoginFromAnotherHost(t *testing.T) {
 	up := startUpstream(t, tlsCfg, []string{"tok"}, pop3Upstream(msg))
 	h := newHarness(t, pool, "127.0.0.1:1", up.addr, &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.TLS = tlsCfg })
 
-	c := remoteClient(t, h.srv.pop3Session, "192.0.2.7:40000")
+	c := remoteClient(t, h.pop3, "192.0.2.7:40000")
 	c.expect("+OK oauthrelay POP3 proxy ready")
 	capa := func() string {
 		c.send("CAPA")
@@ -141,7 +141,7 @@ func TestPOP3_STLSThenLoginFromAnotherHost(t *testing.T) {
 func TestPOP3_STLSInjectionRefused(t *testing.T) {
 	tlsCfg, pool := testTLS(t)
 	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.TLS = tlsCfg })
-	c := remoteClient(t, h.srv.pop3Session, "192.0.2.7:40000")
+	c := remoteClient(t, h.pop3, "192.0.2.7:40000")
 	c.expect("+OK")
 	c.send("STLS\r\nUSER app")
 	c.expect("-ERR commands after STLS")

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -195,7 +196,8 @@ func BenchmarkInboundFetch1000x50KiB(b *testing.B) {
 }
 
 // BenchmarkInboundIdleMemory: `serve`'s RSS growth for 100 IMAP sessions
-// in IDLE through the proxy (each logged in, INBOX selected).
+// in IDLE through the proxy (each logged in, INBOX selected), and the part
+// of it the Go runtime accounts as goroutine stacks and heap in use.
 //
 //	go test ./integration -run '^$' -bench InboundIdleMemory -benchtime 1x
 func BenchmarkInboundIdleMemory(b *testing.B) {
@@ -218,8 +220,33 @@ func BenchmarkInboundIdleMemory(b *testing.B) {
 	}); err != nil {
 		b.Fatal(err)
 	}
+	adminToken := "bench-admin-token-0123456789abcdef"
+	os.WriteFile(filepath.Join(dir, "admin-token"), []byte(adminToken), 0o600)
+	c.Admin.TokenFile = filepath.Join(dir, "admin-token")
 	writeConfig(b, c, file)
 	p := startServe(b, file, c.Listen.Addr)
+	// goMem reads the Go runtime's own accounting from serve's /metrics:
+	// heap in use and goroutine stacks, which RSS mixes with garbage not
+	// yet collected and memory not yet given back.
+	goMem := func() (heap, stack float64) {
+		req, _ := http.NewRequest("GET", "http://"+c.Admin.Addr+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+				heap, _ = strconv.ParseFloat(v, 64)
+			}
+			if v, ok := strings.CutPrefix(l, "go_memstats_stack_inuse_bytes "); ok {
+				stack, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		return heap, stack
+	}
 	idle := func() *imapConn {
 		x := dialIMAPProxy(b, c.Inbound.IMAP.Addr)
 		x.cmd(b, "a", "LOGIN "+inboundUser+" bench-password")
@@ -234,6 +261,7 @@ func BenchmarkInboundIdleMemory(b *testing.B) {
 	defer warm.c.Close()
 	time.Sleep(time.Second)
 	before, _ := rss(b, p.cmd.Process.Pid)
+	heap0, stack0 := goMem()
 	const n = 100
 	for b.Loop() {
 		var xs []*imapConn
@@ -242,6 +270,9 @@ func BenchmarkInboundIdleMemory(b *testing.B) {
 		}
 		time.Sleep(time.Second)
 		after, _ := rss(b, p.cmd.Process.Pid)
+		heap, stack := goMem()
+		b.ReportMetric((stack-stack0)/1024, "stacks-growth-KB/100-idle")
+		b.ReportMetric((heap-heap0)/1024, "heap-inuse-growth-KB/100-idle")
 		b.ReportMetric(float64(after-before)/1024, "RSS-growth-MB/100-idle")
 		b.ReportMetric(float64(before)/1024, "RSS-before-MB")
 		for _, x := range xs {
