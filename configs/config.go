@@ -228,6 +228,9 @@ const (
 	FlowAuthorizationCode = "authorization_code"
 	FlowDeviceCode        = "device_code"
 	FlowClientCredentials = "client_credentials"
+	// FlowServiceAccount is Google's service account with domain-wide
+	// delegation (a JWT bearer grant with sub = the mailbox).
+	FlowServiceAccount = "service_account"
 )
 
 // Sender rewriting modes.
@@ -256,6 +259,24 @@ type Account struct {
 	// Protocols the account's token is for: smtp (default), imap, pop3.
 	// They decide the scopes a sign-in asks for.
 	Protocols []string `yaml:"protocols"`
+	// Cloud is the Microsoft cloud the tenant lives in (global, usgov,
+	// usgov-dod, china): it sets the Entra authority, the SMTP/IMAP/POP
+	// hosts and the resource scopes are named under (providers.go).
+	Cloud string `yaml:"cloud"`
+	// Kind is mailbox (default) or hve: a Microsoft 365 High Volume
+	// Email account, sent through smtp-hve.office365.com with its own
+	// limits.
+	Kind string `yaml:"kind"`
+	// ClientCertificateFile and ClientKeyFile (PEM) sign an app-only
+	// account in with a certificate instead of client_secret.
+	ClientCertificateFile string `yaml:"client_certificate_file"`
+	ClientKeyFile         string `yaml:"client_key_file"`
+	// ServiceAccountFile is a Google service account's JSON key (flow
+	// service_account: domain-wide delegation, signing in as mailbox).
+	ServiceAccountFile string `yaml:"service_account_file"`
+	// Upstream is this account's SMTP submission server, host:port; it
+	// wins over upstream.addr and over what provider, cloud and kind say.
+	Upstream string `yaml:"upstream"`
 }
 
 // Log configures log/slog output.
@@ -312,13 +333,11 @@ func Default() Config {
 			MaxAge: 5 * 24 * time.Hour, // Postfix's maximal_queue_lifetime
 		},
 		Upstream: Upstream{
-			Addr:     "smtp.office365.com:587",
+			Addr:     "", // each account's provider, cloud and kind decide (providers.go)
 			TLS:      "starttls",
 			Hostname: "localhost",
 		},
 		Inbound: Inbound{
-			IMAP:                     InboundIMAP{Upstream: "outlook.office365.com:993"},
-			POP3:                     InboundPOP3{Upstream: "outlook.office365.com:995"},
 			MaxConnectionsPerAccount: 16,
 		},
 		Log: Log{Level: "info", Format: "text"},
@@ -328,13 +347,22 @@ func Default() Config {
 // AccountDefaults fills an account's unset optional keys.
 func AccountDefaults(a *Account) {
 	if a.Provider == "" {
-		a.Provider = "microsoft"
+		a.Provider = ProviderMicrosoft
+	}
+	if a.Provider == ProviderMicrosoft && a.Cloud == "" {
+		a.Cloud = CloudGlobal
+	}
+	if a.Kind == "" {
+		a.Kind = KindMailbox
 	}
 	if a.Flow == "" {
 		a.Flow = FlowAuthorizationCode
+		if a.Kind == KindHVE {
+			a.Flow = FlowClientCredentials // HVE signs in app-only
+		}
 	}
 	if a.Authority == "" {
-		a.Authority = DefaultAuthority
+		a.Authority = a.Profile().Authority
 	}
 	if a.RewriteSender == "" {
 		a.RewriteSender = RewriteOff

@@ -83,7 +83,7 @@ func TestLoad_DefaultsAndPrecedence(t *testing.T) {
 	}
 	// Defaults the issue names.
 	d := Default()
-	if d.Upstream.Addr != "smtp.office365.com:587" || d.Upstream.TLS != "starttls" ||
+	if d.Upstream.Addr != "" || d.Upstream.TLS != "starttls" ||
 		d.Delivery.Connections != 3 || d.Delivery.RatePerMinute != 30 ||
 		d.Delivery.MaxAge != 120*time.Hour || d.Listen.MaxMessageBytes != 35<<20 ||
 		!strings.HasPrefix(d.Listen.Addr, "127.0.0.1:") || !strings.HasPrefix(d.Admin.Addr, "127.0.0.1:") {

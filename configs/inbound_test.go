@@ -21,7 +21,8 @@ func TestValidate_Inbound(t *testing.T) {
 	if d.Inbound.Enabled() {
 		t.Error("inbound listeners must be off by default")
 	}
-	if d.Inbound.IMAP.Upstream != "outlook.office365.com:993" || d.Inbound.POP3.Upstream != "outlook.office365.com:995" || d.Inbound.MaxConnectionsPerAccount != 16 {
+	// The upstreams are empty: each account's provider and cloud decide.
+	if d.Inbound.IMAP.Upstream != "" || d.Inbound.POP3.Upstream != "" || d.Inbound.MaxConnectionsPerAccount != 16 {
 		t.Errorf("inbound defaults = %+v", d.Inbound)
 	}
 	cases := []struct {
@@ -39,7 +40,7 @@ func TestValidate_Inbound(t *testing.T) {
 		{"bad pop3 upstream", "inbound.pop3.upstream", func(c *Config) {
 			c.Inbound.UsersFile = "u"
 			c.Inbound.POP3.Addr = "127.0.0.1:1110"
-			c.Inbound.POP3.Upstream = ""
+			c.Inbound.POP3.Upstream = "outlook.office365.com"
 		}},
 		{"no connections", "inbound.max_connections_per_account", func(c *Config) { c.Inbound.MaxConnectionsPerAccount = 0 }},
 	}

@@ -195,7 +195,9 @@ func Validate(c *Config) Problems {
 		add("delivery.max_age", "must be positive — e.g. 120h (5 days, as Postfix)")
 	}
 
-	hostPort("upstream.addr", c.Upstream.Addr, "smtp.office365.com:587")
+	if c.Upstream.Addr != "" { // empty: each account's provider, cloud and kind decide
+		hostPort("upstream.addr", c.Upstream.Addr, "smtp.office365.com:587 (or leave it empty)")
+	}
 	switch c.Upstream.TLS {
 	case "starttls", "implicit":
 	case "none":
@@ -249,27 +251,18 @@ func validateAccount(key string, a *Account, names map[string]int, i int, add fu
 		}
 		names[a.Name] = i
 	}
-	if a.Provider != "microsoft" {
-		add(key+".provider", "%q is not supported — use microsoft", a.Provider)
-	}
-	if a.Tenant == "" {
-		add(key+".tenant", "missing — your tenant ID (a GUID) or verified domain such as contoso.onmicrosoft.com")
-	}
-	if a.ClientID == "" {
-		add(key+".client_id", "missing — the Application (client) ID of your Entra app registration")
-	}
-	switch a.Flow {
-	case FlowAuthorizationCode, FlowDeviceCode:
-	case FlowClientCredentials:
-		if a.ClientSecret == "" {
-			add(key+".client_secret", "missing — the client_credentials flow needs the app's client secret (use ${VAR} or client_secret_file)")
-		}
-		switch strings.ToLower(a.Tenant) {
-		case "common", "organizations", "consumers":
-			add(key+".tenant", "%q cannot be used with client_credentials — give the tenant ID or domain", a.Tenant)
-		}
+	switch a.Provider {
+	case ProviderMicrosoft:
+		validateMicrosoft(key, a, add)
+	case ProviderGoogle:
+		validateGoogle(key, a, add)
 	default:
-		add(key+".flow", "%q is not one of authorization_code, device_code, client_credentials", a.Flow)
+		add(key+".provider", "%q is not supported — use microsoft or google", a.Provider)
+	}
+	if a.Upstream != "" {
+		if _, port, err := net.SplitHostPort(a.Upstream); err != nil || port == "" {
+			add(key+".upstream", "%q is not host:port — e.g. smtp.office365.com:587 (or leave it empty: %s)", a.Upstream, a.Profile().SMTP)
+		}
 	}
 	if a.Mailbox == "" {
 		add(key+".mailbox", "missing — the mailbox address the relay signs in as")
@@ -298,6 +291,93 @@ func validateAccount(key string, a *Account, names map[string]int, i int, add fu
 	case RewriteOff, RewriteEnvelope, RewriteFrom:
 	default:
 		add(key+".rewrite_sender", "%q is not one of off, envelope, from", a.RewriteSender)
+	}
+}
+
+// validateMicrosoft checks what a Microsoft 365 account needs: a tenant,
+// an app registration, a flow with its credential, a known cloud and kind.
+func validateMicrosoft(key string, a *Account, add func(key, format string, args ...any)) {
+	if a.Tenant == "" {
+		add(key+".tenant", "missing — your tenant ID (a GUID) or verified domain such as contoso.onmicrosoft.com")
+	}
+	if a.ClientID == "" {
+		add(key+".client_id", "missing — the Application (client) ID of your Entra app registration")
+	}
+	if a.ServiceAccountFile != "" {
+		add(key+".service_account_file", "is for provider: google — a Microsoft app-only account uses client_secret or client_certificate_file + client_key_file")
+	}
+	switch a.Flow {
+	case FlowAuthorizationCode, FlowDeviceCode:
+		if a.ClientCertificateFile != "" || a.ClientKeyFile != "" {
+			add(key+".client_certificate_file", "is for flow: client_credentials (app-only) — a delegated sign-in uses no certificate")
+		}
+	case FlowClientCredentials:
+		cert := a.ClientCertificateFile != "" || a.ClientKeyFile != ""
+		switch {
+		case cert && a.ClientSecret != "":
+			add(key+".client_secret", "set together with client_certificate_file — use one credential: remove client_secret, or the certificate keys")
+		case cert && a.ClientCertificateFile == "":
+			add(key+".client_certificate_file", "missing — client_key_file needs the certificate (PEM) registered on the app")
+		case cert && a.ClientKeyFile == "":
+			add(key+".client_key_file", "missing — client_certificate_file needs its private key (PEM)")
+		case !cert && a.ClientSecret == "":
+			add(key+".client_secret", "missing — the client_credentials flow needs the app's client secret (use ${VAR} or client_secret_file) or a certificate (client_certificate_file + client_key_file)")
+		}
+		switch strings.ToLower(a.Tenant) {
+		case "common", "organizations", "consumers":
+			add(key+".tenant", "%q cannot be used with client_credentials — give the tenant ID or domain", a.Tenant)
+		}
+	case FlowServiceAccount:
+		add(key+".flow", "service_account is Google's — a Microsoft account uses authorization_code, device_code or client_credentials")
+	default:
+		add(key+".flow", "%q is not one of authorization_code, device_code, client_credentials", a.Flow)
+	}
+	if _, ok := microsoftClouds[a.Cloud]; !ok {
+		add(key+".cloud", "%q is not one of %s", a.Cloud, strings.Join(Clouds(), ", "))
+	}
+	switch a.Kind {
+	case KindMailbox:
+	case KindHVE:
+		if a.Flow != FlowClientCredentials {
+			add(key+".flow", "%q cannot sign in a High Volume Email account — HVE takes app-only OAuth: flow: client_credentials, with the app on the account's allowed list (Add-HVEAppAccess)", a.Flow)
+		}
+		if a.Cloud != CloudGlobal {
+			add(key+".kind", "hve is offered in the global cloud only — cloud is %q", a.Cloud)
+		}
+	default:
+		add(key+".kind", "%q is not one of mailbox, hve", a.Kind)
+	}
+}
+
+// validateGoogle checks a Google Workspace / Gmail account.
+func validateGoogle(key string, a *Account, add func(key, format string, args ...any)) {
+	if a.Cloud != "" {
+		add(key+".cloud", "is for provider: microsoft — remove it")
+	}
+	if a.Kind != KindMailbox {
+		add(key+".kind", "%q is for provider: microsoft — remove it", a.Kind)
+	}
+	if a.ClientCertificateFile != "" || a.ClientKeyFile != "" {
+		add(key+".client_certificate_file", "is for Microsoft app-only accounts — a Google service account signs with service_account_file")
+	}
+	switch a.Flow {
+	case FlowAuthorizationCode:
+		if a.ClientID == "" {
+			add(key+".client_id", "missing — the OAuth client ID from Google Cloud console (APIs & Services > Credentials)")
+		}
+		if a.ClientSecret == "" {
+			add(key+".client_secret", "missing — Google requires the OAuth client's secret even for a desktop app (use ${VAR} or client_secret_file)")
+		}
+	case FlowServiceAccount:
+		if a.ServiceAccountFile == "" {
+			add(key+".service_account_file", "missing — the service account's JSON key (Google Cloud console > IAM > Service accounts > Keys)")
+		}
+	case FlowDeviceCode:
+		add(key+".flow", "device_code cannot be used with Google — Google's device flow does not allow the Gmail scope (https://mail.google.com/); use authorization_code (Connect page) or service_account (Workspace, domain-wide delegation)")
+	case FlowClientCredentials:
+		add(key+".flow", "client_credentials is Microsoft's — for Google use service_account (Workspace, domain-wide delegation) or authorization_code")
+	default:
+		add(key+".flow", "%q is not one of authorization_code, service_account", a.Flow)
 	}
 }
 
@@ -344,11 +424,15 @@ func validateInbound(in *Inbound, add func(key, format string, args ...any)) {
 	}
 	if in.IMAP.Addr != "" {
 		hostPort("inbound.imap.addr", in.IMAP.Addr, "127.0.0.1:1143 (empty turns the IMAP listener off)")
-		hostPort("inbound.imap.upstream", in.IMAP.Upstream, "outlook.office365.com:993")
+		if in.IMAP.Upstream != "" {
+			hostPort("inbound.imap.upstream", in.IMAP.Upstream, "outlook.office365.com:993 (or leave it empty)")
+		}
 	}
 	if in.POP3.Addr != "" {
 		hostPort("inbound.pop3.addr", in.POP3.Addr, "127.0.0.1:1110 (empty turns the POP3 listener off)")
-		hostPort("inbound.pop3.upstream", in.POP3.Upstream, "outlook.office365.com:995")
+		if in.POP3.Upstream != "" {
+			hostPort("inbound.pop3.upstream", in.POP3.Upstream, "outlook.office365.com:995 (or leave it empty)")
+		}
 	}
 	if in.Enabled() && in.UsersFile == "" {
 		add("inbound.users_file", "missing — the IMAP/POP3 listeners need local users: a file of user:bcrypt-hash[:account] lines (make a hash with: htpasswd -nbB user password)")

@@ -77,8 +77,11 @@ func AdminPublicURL(c *configs.Config) string {
 func TokenAccounts(c *configs.Config) []tokens.Account {
 	out := make([]tokens.Account, 0, len(c.Accounts))
 	for _, a := range c.Accounts {
+		p := a.Profile()
 		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
-			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority, Protocols: a.Protocols})
+			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority, Protocols: a.Protocols,
+			Provider: a.Provider, Resource: p.Resource, AppResource: p.AppResource,
+			CertFile: a.ClientCertificateFile, KeyFile: a.ClientKeyFile, ServiceAccountFile: a.ServiceAccountFile})
 	}
 	return out
 }

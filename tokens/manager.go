@@ -72,6 +72,19 @@ type Account struct {
 	Authority    string // https://login.microsoftonline.com
 	// Protocols the token is for (smtp, imap, pop3); nil means smtp.
 	Protocols []string
+	// Provider is "microsoft" (or "") or "google".
+	Provider string
+	// Resource names delegated scopes (Resource + "/SMTP.Send"; "" is the
+	// global cloud's https://outlook.office.com); AppResource is what an
+	// app-only token asks for (+ "/.default"; "" is
+	// https://outlook.office365.com). Microsoft only.
+	Resource, AppResource string
+	// CertFile and KeyFile (PEM) sign an app-only account in with a
+	// certificate (a client assertion) instead of ClientSecret.
+	CertFile, KeyFile string
+	// ServiceAccountFile is a Google service account's JSON key: the
+	// account signs in app-only as Mailbox (domain-wide delegation).
+	ServiceAccountFile string
 }
 
 func (a Account) delegated() bool { return a.Flow != FlowClientCredentials }
