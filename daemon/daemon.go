@@ -143,7 +143,14 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	}
 	r.Upstream = relay.NewUpstream(uc, ups, r.Tokens, log, hooks.Upstream)
 
-	bouncer := &relay.Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: upstreamHost(c.Upstream.Addr), Mailbox: r.Tokens.Mailbox, Log: log,
+	bouncer := &relay.Bouncer{Hostname: c.Listen.Hostname, RemoteMTA: func(account string) string {
+		for i := range c.Accounts {
+			if c.Accounts[i].Name == account {
+				return upstreamHost(c.SMTPUpstream(&c.Accounts[i]))
+			}
+		}
+		return upstreamHost(c.Upstream.Addr)
+	}, Mailbox: r.Tokens.Mailbox, Log: log,
 		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
 		Dir: c.Spool.Dir, Deliverer: r.Upstream, Bounce: bouncer.Bounce,
@@ -462,7 +469,7 @@ func upstreamConfig(c *configs.Config) (relay.UpstreamConfig, []relay.UpstreamAc
 	var ups []relay.UpstreamAccount
 	var routes []relay.Route
 	for _, a := range c.Accounts {
-		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender})
+		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender, Addr: c.SMTPUpstream(&a)})
 		routes = append(routes, relay.Route{Account: a.Name, Patterns: a.Senders})
 	}
 	return uc, ups, routes, nil

@@ -51,6 +51,17 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 	return inbound.New(inbound.Options{
 		Users: users, Tokens: toks, AllowedNetworks: lc.AllowedNetworks,
 		IMAPUpstream: c.Inbound.IMAP.Upstream, POP3Upstream: c.Inbound.POP3.Upstream, RootCAs: uc.RootCAs,
+		UpstreamFor: func(account, protocol string) string {
+			for i := range c.Accounts {
+				if a := &c.Accounts[i]; a.Name == account {
+					if protocol == inbound.IMAP {
+						return c.IMAPUpstream(a)
+					}
+					return c.POP3Upstream(a)
+				}
+			}
+			return ""
+		},
 		TLS:                      lc.TLS, // STARTTLS and STLS with listen.tls's certificate
 		MaxConnectionsPerAccount: c.Inbound.MaxConnectionsPerAccount,
 		DialTimeout:              c.Delivery.DialTimeout,

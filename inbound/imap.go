@@ -258,7 +258,7 @@ func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 		}
 	}()
 	var caps string
-	u, fail := s.signIn(IMAP, s.opts.IMAPUpstream, account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
+	u, fail := s.signIn(IMAP, s.upstream(IMAP, account), account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
 		var refusal string
 		var err error
 		caps, refusal, err = imapUpstreamLogin(u, cred)

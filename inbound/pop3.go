@@ -221,7 +221,7 @@ func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 		}
 	}()
 	var ok string
-	u, fail := s.signIn(POP3, s.opts.POP3Upstream, account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
+	u, fail := s.signIn(POP3, s.upstream(POP3, account), account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
 		var refusal string
 		var err error
 		ok, refusal, err = pop3UpstreamLogin(u, cred)

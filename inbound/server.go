@@ -72,8 +72,10 @@ type Options struct {
 	// refused before any command.
 	AllowedNetworks []netip.Prefix
 	// IMAPUpstream and POP3Upstream are host:port of Exchange Online's
-	// servers, spoken to with implicit TLS.
+	// IMAP and POP3 servers (implicit TLS), for every account, unless
+	// UpstreamFor names one for the account (its provider and cloud).
 	IMAPUpstream, POP3Upstream string
+	UpstreamFor                func(account, protocol string) string
 	// TLS, when set, is listen.tls's certificate: offered with STARTTLS
 	// (IMAP) and STLS (POP3), after which a client on another host may log
 	// in. Without it only loopback may log in.
@@ -393,6 +395,19 @@ func (s *Server) signIn(protocol, addr, account string, login upstreamLogin) (*u
 		ex := s.opts.Tokens.AuthRefused(account, protocol, refusal)
 		return nil, &signInFailure{kind: LoginRefused, msg: "Microsoft refused the relay's sign-in for this mailbox (" + ex.Title + "); the relay's admin must look at account " + account}
 	}
+}
+
+// upstream is the server account's protocol logins go to.
+func (s *Server) upstream(protocol, account string) string {
+	if s.opts.UpstreamFor != nil {
+		if addr := s.opts.UpstreamFor(account, protocol); addr != "" {
+			return addr
+		}
+	}
+	if protocol == IMAP {
+		return s.opts.IMAPUpstream
+	}
+	return s.opts.POP3Upstream
 }
 
 // dial connects to addr with implicit TLS, verified against RootCAs. A

@@ -65,20 +65,20 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 		return done()
 	}
 	defer func() { <-u.sessions }()
-	c, _, aerr := d.open(ctx)
+	c, _, aerr := d.open(ctx, d.addr(u))
 	if aerr != nil {
-		add(CheckStep{Step: "connect", Detail: fmt.Sprintf("cannot open an SMTP session with %s: %s", d.cfg.Addr, aerr.reply), Fix: connectFix(aerr)})
+		add(CheckStep{Step: "connect", Detail: fmt.Sprintf("cannot open an SMTP session with %s: %s", d.addr(u), aerr.reply), Fix: connectFix(aerr)})
 		return done()
 	}
 	tlsNote := "without TLS (upstream.insecure_allow_plaintext: tests only)"
 	if st, ok := c.TLSConnectionState(); ok {
-		host, _, _ := strings.Cut(d.cfg.Addr, ":")
-		if h, _, err := net.SplitHostPort(d.cfg.Addr); err == nil {
+		host, _, _ := strings.Cut(d.addr(u), ":")
+		if h, _, err := net.SplitHostPort(d.addr(u)); err == nil {
 			host = h
 		}
 		tlsNote = "TLS " + tlsVersion(st.Version) + ", certificate for " + host + " trusted"
 	}
-	add(CheckStep{Step: "connect", OK: true, Detail: "connected to " + d.cfg.Addr + " (" + tlsNote + ")"})
+	add(CheckStep{Step: "connect", OK: true, Detail: "connected to " + d.addr(u) + " (" + tlsNote + ")"})
 
 	cred, err := d.tokens.Credential(ctx, account)
 	if err == nil {
@@ -169,9 +169,9 @@ func (d *Upstream) TryLogin(ctx context.Context, account string) error {
 		return err
 	}
 	defer func() { <-u.sessions }()
-	c, _, aerr := d.open(ctx)
+	c, _, aerr := d.open(ctx, d.addr(u))
 	if aerr != nil {
-		return fmt.Errorf("cannot reach %s: %s", d.cfg.Addr, aerr.reply)
+		return fmt.Errorf("cannot reach %s: %s", d.addr(u), aerr.reply)
 	}
 	d.tokens.Invalidate(account)
 	cred, err := d.tokens.Credential(ctx, account)

@@ -25,9 +25,9 @@ import (
 type Bouncer struct {
 	Queue    Enqueuer
 	Hostname string
-	// RemoteMTA names the upstream in the DSN's Remote-MTA field (the
-	// host of upstream.addr).
-	RemoteMTA string
+	// RemoteMTA names an account's upstream in the DSN's Remote-MTA
+	// field (nil: none).
+	RemoteMTA func(account string) string
 	// Mailbox returns the account's mailbox (the DSN's envelope sender:
 	// Microsoft 365 does not accept <>).
 	Mailbox func(account string) string
@@ -49,7 +49,11 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 		return fmt.Errorf("the sender %s is not a valid address (%v); no bounce sent", visible(bo.Meta.From), err)
 	}
 	headers := originalHeaders(bo.Open)
-	msg := buildDSN(b.Hostname, b.RemoteMTA, mailbox, bo.Meta, bo.Failed, headers, time.Now())
+	var remote string
+	if b.RemoteMTA != nil {
+		remote = b.RemoteMTA(bo.Meta.Account)
+	}
+	msg := buildDSN(b.Hostname, remote, mailbox, bo.Meta, bo.Failed, headers, time.Now())
 	id, err := b.Queue.Enqueue(ctx, queue.Envelope{
 		From: mailbox, To: []string{to.String()}, Account: bo.Meta.Account,
 		IsBounce: true, EightBit: true, SMTPUTF8: !to.IsASCII(),

@@ -190,7 +190,7 @@ func (d *Upstream) dial(ctx context.Context, u *upAccount) (*upConn, *attemptErr
 	if err := d.acquire(ctx, u); err != nil {
 		return nil, &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.5", Text: "relay shutting down"}}
 	}
-	c, raw, aerr := d.open(ctx)
+	c, raw, aerr := d.open(ctx, d.addr(u))
 	if aerr != nil {
 		<-u.sessions
 		return nil, aerr
@@ -237,11 +237,19 @@ func (c deadlineConn) Close() error {
 	return c.Conn.Close()
 }
 
-// open connects to the upstream: TCP, TLS (STARTTLS or implicit), EHLO.
+// addr is the submission server of u: its own, else upstream.addr.
+func (d *Upstream) addr(u *upAccount) string {
+	if u.Addr != "" {
+		return u.Addr
+	}
+	return d.cfg.Addr
+}
+
+// open connects to the upstream addr: TCP, TLS (STARTTLS or implicit), EHLO.
 // It refuses a connection without TLS unless InsecureAllowPlaintext. It
 // returns the TCP connection under the client too, to cut it if need be.
-func (d *Upstream) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
-	c, raw, aerr := d.openConn(ctx)
+func (d *Upstream) open(ctx context.Context, addr string) (*smtp.Client, net.Conn, *attemptError) {
+	c, raw, aerr := d.openConn(ctx, addr)
 	if aerr != nil {
 		// Nothing of the session worked: the upstream is unreachable
 		// (an outage), unless it answered at EHLO with something other
@@ -251,14 +259,14 @@ func (d *Upstream) open(ctx context.Context) (*smtp.Client, net.Conn, *attemptEr
 	return c, raw, aerr
 }
 
-func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attemptError) {
+func (d *Upstream) openConn(ctx context.Context, addr string) (*smtp.Client, net.Conn, *attemptError) {
 	connErr := func(what string, err error) *attemptError {
-		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, d.cfg.Addr, err)}}
+		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 451, Enhanced: "4.4.1", Text: fmt.Sprintf("%s %s: %v", what, addr, err)}}
 	}
 	dialer := &net.Dialer{Timeout: d.cfg.DialTimeout}
-	host, _, _ := net.SplitHostPort(d.cfg.Addr)
+	host, _, _ := net.SplitHostPort(addr)
 	tlsCfg := &tls.Config{ServerName: host, RootCAs: d.cfg.RootCAs, MinVersion: tls.VersionTLS12}
-	raw, err := dialer.DialContext(ctx, "tcp", d.cfg.Addr)
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, connErr("cannot connect to", err)
 	}
@@ -270,7 +278,7 @@ func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attem
 		tc := tls.Client(conn, tlsCfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
-			return nil, nil, d.tlsErr(err)
+			return nil, nil, d.tlsErr(addr, err)
 		}
 		c = smtp.NewClient(tc)
 	case "starttls":
@@ -281,7 +289,7 @@ func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attem
 			if errors.As(err, &se) {
 				return nil, nil, d.replyErr("STARTTLS", err)
 			}
-			return nil, nil, d.tlsErr(err)
+			return nil, nil, d.tlsErr(addr, err)
 		}
 	default:
 		c = smtp.NewClient(conn)
@@ -293,7 +301,7 @@ func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attem
 		c.Close()
 		var ce *tls.CertificateVerificationError
 		if errors.As(err, &ce) {
-			return nil, nil, d.tlsErr(err)
+			return nil, nil, d.tlsErr(addr, err)
 		}
 		return nil, nil, d.replyErr("EHLO", err)
 	}
@@ -305,14 +313,14 @@ func (d *Upstream) openConn(ctx context.Context) (*smtp.Client, net.Conn, *attem
 	return c, raw, nil
 }
 
-func (d *Upstream) tlsErr(err error) *attemptError {
+func (d *Upstream) tlsErr(addr string, err error) *attemptError {
 	var ce *tls.CertificateVerificationError
 	if errors.As(err, &ce) {
 		return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.5",
-			Text: fmt.Sprintf("certificate of %s not trusted: %v (upstream.ca_file adds a CA)", d.cfg.Addr, ce.Err)}}
+			Text: fmt.Sprintf("certificate of %s not trusted: %v (upstream.ca_file adds a CA)", addr, ce.Err)}}
 	}
 	return &attemptError{outcome: queue.Deferred, reply: queue.Reply{Code: 454, Enhanced: "4.7.0",
-		Text: fmt.Sprintf("TLS with %s failed (%v); refusing to send an OAuth token without TLS", d.cfg.Addr, err)}}
+		Text: fmt.Sprintf("TLS with %s failed (%v); refusing to send an OAuth token without TLS", addr, err)}}
 }
 
 // credential gets the account's sign-in (tokens.Auth): an account the

@@ -61,6 +61,9 @@ type UpstreamAccount struct {
 	Mailbox string
 	// Rewrite: "off", "envelope" or "from" (envelope and From: header).
 	Rewrite string
+	// Addr is the account's submission server, host:port; "" is
+	// UpstreamConfig.Addr.
+	Addr string
 }
 
 // UpstreamEvents receives what delivery does, for metrics. Any field may be nil.
