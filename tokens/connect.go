@@ -73,9 +73,9 @@ func (m *Manager) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	m.pending[state] = pendingConnect{account: a.Name, verifier: verifier, created: now}
 	m.pendMu.Unlock()
-	u := a.oauth.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier),
-		oauth2.SetAuthURLParam("login_hint", a.Mailbox),
-		oauth2.SetAuthURLParam("prompt", "select_account"))
+	opts := append([]oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier),
+		oauth2.SetAuthURLParam("login_hint", a.Mailbox)}, a.authCodeOptions()...)
+	u := a.oauth.AuthCodeURL(state, opts...)
 	http.Redirect(w, r, u, http.StatusFound)
 }
 

@@ -104,15 +104,23 @@ func (a Account) AdminConsentURL(redirectURI string) string {
 // reports it transient.
 func classify(err error, a Account, redirectURI string) (State, Explanation, bool) {
 	var re *oauth2.RetrieveError
+	if errCredentialFile(err) {
+		return Misconfigured, Explanation{Title: "the account's credential file cannot be used", Detail: err.Error(),
+			Action: "fix the file named, then press Try again"}, false
+	}
 	if !errors.As(err, &re) {
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, ErrTransient) {
-			return "", Explanation{Title: "Microsoft Entra ID could not be reached", Detail: err.Error()}, true
+			return "", Explanation{Title: a.tokenService() + " could not be reached", Detail: err.Error()}, true
 		}
 		return "", Explanation{Title: "token request failed", Detail: err.Error()}, true
 	}
 	if re.Response != nil && (re.Response.StatusCode >= 500 || re.Response.StatusCode == 429) {
-		return "", Explanation{Title: fmt.Sprintf("Microsoft Entra ID answered HTTP %d; will retry", re.Response.StatusCode)}, true
+		return "", Explanation{Title: fmt.Sprintf("%s answered HTTP %d; will retry", a.tokenService(), re.Response.StatusCode)}, true
+	}
+	if a.google() {
+		st, ex := classifyGoogle(re, a)
+		return st, ex, false
 	}
 	code := entraCode(re)
 	st, ex := ExplainAADSTS(code, re.ErrorCode, a, redirectURI)
