@@ -201,6 +201,9 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 // ("" when unknown).
 func ExplainSMTPAuth(code int, enhanced string, a Account, signedInAs string) Explanation {
 	c := fmt.Sprintf("%d %s", code, enhanced)
+	if a.google() {
+		return explainGmailAuth(c, a, signedInAs)
+	}
 	if enhanced == "5.7.3" && signedInAs != "" && !strings.EqualFold(signedInAs, a.Mailbox) {
 		return Explanation{Code: c,
 			Title:  "signed in as " + signedInAs + " but the mailbox is " + a.Mailbox,
@@ -221,4 +224,23 @@ func ExplainSMTPAuth(code int, enhanced string, a Account, signedInAs string) Ex
 			Action: "check who connected the account, grant SMTP.Send, and run Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false; then press Try again (or Connect to sign in again)"}
 	}
 	return Explanation{Code: c, Title: "Microsoft refused the sign-in", Action: "press Connect and sign in as " + a.Mailbox}
+}
+
+// explainGmailAuth explains Gmail's refusal of an XOAUTH2 login ("535
+// 5.7.8 Username and Password not accepted", after its JSON challenge).
+func explainGmailAuth(c string, a Account, signedInAs string) Explanation {
+	ex := Explanation{Code: c, Title: "Gmail did not accept the token for " + a.Mailbox}
+	switch {
+	case a.Flow == FlowServiceAccount:
+		ex.Detail = "The service account's token is not valid for " + a.Mailbox + "'s mail: domain-wide delegation lacks the scope " + GoogleScope + ", or the user is suspended or has no Gmail."
+		ex.Action = "in the Google Admin console check Security > API controls > Domain-wide delegation (the service account's client ID with " + GoogleScope + ") and that " + a.Mailbox + " is an active Gmail user; then press Try again"
+	case signedInAs != "" && !strings.EqualFold(signedInAs, a.Mailbox):
+		ex.Title = "signed in to Google as " + signedInAs + " but the mailbox is " + a.Mailbox
+		ex.Detail = "Gmail accepts a token only for the account that signed in."
+		ex.Action = "press Connect and sign in as " + a.Mailbox
+	default:
+		ex.Detail = "The sign-in did not grant the scope " + GoogleScope + ", or it was revoked, or the Workspace admin turned off IMAP/SMTP or third-party access for the user."
+		ex.Action = "press Connect and sign in as " + a.Mailbox + " again, allowing \"Read, compose, send and permanently delete all your email\"; if it persists, ask the Workspace admin (Apps > Google Workspace > Gmail > End User Access)"
+	}
+	return ex
 }
