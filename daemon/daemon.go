@@ -469,7 +469,8 @@ func upstreamConfig(c *configs.Config) (relay.UpstreamConfig, []relay.UpstreamAc
 	var ups []relay.UpstreamAccount
 	var routes []relay.Route
 	for _, a := range c.Accounts {
-		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender, Addr: c.SMTPUpstream(&a)})
+		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender, Addr: c.SMTPUpstream(&a),
+			Unpaced: a.Kind == configs.KindHVE})
 		routes = append(routes, relay.Route{Account: a.Name, Patterns: a.Senders})
 	}
 	return uc, ups, routes, nil

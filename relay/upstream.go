@@ -64,6 +64,10 @@ type UpstreamAccount struct {
 	// Addr is the account's submission server, host:port; "" is
 	// UpstreamConfig.Addr.
 	Addr string
+	// Unpaced turns UpstreamConfig.RatePerMinute off for the account: a
+	// High Volume Email account is not held to a mailbox's 30 messages a
+	// minute (Microsoft's throttling replies still slow it down).
+	Unpaced bool
 }
 
 // UpstreamEvents receives what delivery does, for metrics. Any field may be nil.
@@ -127,7 +131,7 @@ func NewUpstream(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 	d := &Upstream{cfg: cfg, tokens: ts, log: log, events: events, accounts: map[string]*upAccount{}, done: make(chan struct{})}
 	for _, a := range accounts {
 		lim := rate.NewLimiter(rate.Inf, 1)
-		if cfg.RatePerMinute > 0 {
+		if cfg.RatePerMinute > 0 && !a.Unpaced {
 			// Burst of one: any 60 s window then holds at most
 			// rate_per_minute+1 messages. A larger burst would add to the
 			// steady rate and let Microsoft's per-minute limit be exceeded.
