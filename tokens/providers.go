@@ -72,6 +72,15 @@ func (a Account) scopes() []string {
 	return s
 }
 
+// ScopesFor is what a token of a asks for: a delegated sign-in's scopes,
+// or an app-only token's.
+func ScopesFor(a Account) []string {
+	if a.delegated() {
+		return a.scopes()
+	}
+	return a.appScopes()
+}
+
 // protocolScope is the scope that lets the account's token sign in with
 // protocol ("" for none).
 func (a Account) protocolScope(p string) string {
