@@ -166,6 +166,9 @@ func (c *gconn) rewrite(line string) []string {
 		return []string{"250 2.1.5 Flushed " + gsmtp}
 	case line == "250 2.0.0 I have successfully done nothing":
 		return []string{"250 2.0.0 OK " + gsmtp}
+	case line == "552 5.3.4 Max message size exceeded" || line == "552 5.3.4 Maximum message size exceeded":
+		// go-smtp's answers to SIZE= over the limit and to a longer message.
+		return replyLines(ReplyMessageTooBig)
 	case strings.HasPrefix(line, "421 "):
 		c.closing = true
 	}

@@ -77,3 +77,18 @@ func wire(r *smtp.SMTPError) *smtp.SMTPError {
 	}
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: r.EnhancedCode, Message: strings.Join(lines, "\n")}
 }
+
+// replyLines is r as Gmail writes it on the wire, one string per line.
+func replyLines(r *smtp.SMTPError) []string {
+	lines := strings.Split(r.Message, "\n")
+	ec := fmt.Sprintf("%d.%d.%d", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2])
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		out[i] = fmt.Sprintf("%d%s%s %s", r.Code, sep, ec, l)
+	}
+	return out
+}

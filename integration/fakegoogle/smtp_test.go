@@ -165,62 +165,46 @@ func TestSMTP_FaultInjection(t *testing.T) {
 func TestSMTP_Transcript(t *testing.T) {
 	g := startGoogle(t)
 	tok := tokenFor(t, g, MailScope)
-	raw, err := net.DialTimeout("tcp", g.SMTPAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(10 * time.Second))
-	tp := textproto.NewConn(raw)
-	expect := func(lines ...string) {
-		t.Helper()
-		for _, want := range lines {
-			got, err := tp.ReadLine()
-			if err != nil || got != want {
-				t.Fatalf("got %q (%v), want %q", got, err, want)
-			}
-		}
-	}
-	send := func(cmd string) { t.Helper(); tp.PrintfLine("%s", cmd) }
-
-	expect("220 smtp.gmail.com ESMTP " + gsmtp)
-	send("EHLO relay.example")
-	expect("250-smtp.gmail.com at your service, [127.0.0.1]", "250-SIZE 35882577", "250-8BITMIME", "250-STARTTLS",
+	w := dialWire(t, g)
+	w.send("EHLO relay.example")
+	w.expect("250-smtp.gmail.com at your service, [127.0.0.1]", "250-SIZE 35882577", "250-8BITMIME", "250-STARTTLS",
 		"250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250-CHUNKING", "250 SMTPUTF8")
-	send("AUTH XOAUTH2")
-	expect("530 5.7.0 Must issue a STARTTLS command first. " + gsmtp)
-	send("MAIL FROM:<" + testUser + ">")
-	expect("530 5.7.0 Must issue a STARTTLS command first. " + gsmtp)
-	send("STARTTLS")
-	expect("220 2.0.0 Ready to start TLS")
-
-	tc := tls.Client(raw, &tls.Config{RootCAs: g.CA.Pool, ServerName: "127.0.0.1"})
-	tp = textproto.NewConn(tc)
-	send("EHLO relay.example")
-	expect("250-smtp.gmail.com at your service, [127.0.0.1]", "250-SIZE 35882577", "250-8BITMIME",
+	w.send("AUTH XOAUTH2")
+	w.expect("530 5.7.0 Must issue a STARTTLS command first. " + gsmtp)
+	w.send("MAIL FROM:<" + testUser + ">")
+	w.expect("530 5.7.0 Must issue a STARTTLS command first. " + gsmtp)
+	w.startTLS(g)
+	w.send("EHLO relay.example")
+	w.expect("250-smtp.gmail.com at your service, [127.0.0.1]", "250-SIZE 35882577", "250-8BITMIME",
 		"250-AUTH LOGIN PLAIN XOAUTH2 PLAIN-CLIENTTOKEN OAUTHBEARER XOAUTH",
 		"250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250-CHUNKING", "250 SMTPUTF8")
-	send("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+testUser+"\x01auth=Bearer ya29.bad\x01\x01")))
-	expect("334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer mac","scope":"https://mail.google.com/"}`)))
-	send("")
-	expect("535-5.7.8 Username and Password not accepted. For more information, go to",
+	w.send("MAIL FROM:<" + testUser + ">")
+	w.expect("530-5.7.0 Authentication Required. For more information, go to",
+		"530 5.7.0  https://support.google.com/mail/?p=WantAuthError "+gsmtp)
+	w.send("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+testUser+"\x01auth=Bearer ya29.bad\x01\x01")))
+	w.expect("334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer mac","scope":"https://mail.google.com/"}`)))
+	w.send("")
+	w.expect("535-5.7.8 Username and Password not accepted. For more information, go to",
 		"535 5.7.8  https://support.google.com/mail/?p=BadCredentials "+gsmtp)
-	send("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+testUser+"\x01auth=Bearer "+tok.AccessToken+"\x01\x01")))
-	expect("235 2.7.0 Accepted")
-	send("MAIL FROM:<" + testUser + ">")
-	expect("250 2.1.0 OK " + gsmtp)
-	send("RCPT TO:<bob@example.org>")
-	expect("250 2.1.5 OK " + gsmtp)
-	send("DATA")
-	expect("354 Go ahead " + gsmtp)
-	send("Subject: x\r\n\r\nhello\r\n.")
-	line, err := tp.ReadLine()
-	if err != nil || !strings.HasPrefix(line, "250 2.0.0 OK  ") || !strings.HasSuffix(line, " "+gsmtp) {
-		t.Fatalf("after DATA: %q %v", line, err)
+	w.send("AUTH XOAUTH2")
+	w.expect("334 ")
+	w.send(base64.StdEncoding.EncodeToString([]byte("user=" + testUser + "\x01auth=Bearer " + tok.AccessToken + "\x01\x01")))
+	w.expect("235 2.7.0 Accepted")
+	w.send("MAIL FROM:<" + testUser + ">")
+	w.expect("250 2.1.0 OK " + gsmtp)
+	w.send("RCPT TO:<bob@example.org>")
+	w.expect("250 2.1.5 OK " + gsmtp)
+	w.send("DATA")
+	w.expect("354 Go ahead " + gsmtp)
+	w.send("Subject: x\r\n\r\nhello\r\n.")
+	if line := w.line(); !strings.HasPrefix(line, "250 2.0.0 OK  ") || !strings.HasSuffix(line, " "+gsmtp) {
+		t.Fatalf("after DATA: %q", line)
 	}
-	send("QUIT")
-	expect("221 2.0.0 closing connection " + gsmtp)
-	if _, err := tp.ReadLine(); err != io.EOF {
+	w.send("MAIL FROM:<" + testUser + "> SIZE=35882578")
+	w.expect(replyLines(ReplyMessageTooBig)...)
+	w.send("QUIT")
+	w.expect("221 2.0.0 closing connection " + gsmtp)
+	if _, err := w.tp.ReadLine(); err != io.EOF {
 		t.Fatalf("after QUIT: %v", err)
 	}
 }
@@ -250,4 +234,98 @@ func TestSMTP_PipelinedAfterSTARTTLSRefused(t *testing.T) {
 	if l, _ := tp.ReadLine(); !strings.HasPrefix(l, "454 4.5.0 SMTP protocol violation") {
 		t.Fatalf("got %q", l)
 	}
+}
+
+func TestSMTP_OverSizeGetsGmailsReply(t *testing.T) {
+	g := startGoogle(t)
+	tok := tokenFor(t, g, MailScope)
+	c := dialTLS(t, g)
+	if err := c.Auth(&xoauth2{user: testUser, token: tok.AccessToken}); err != nil {
+		t.Fatal(err)
+	}
+	// SIZE= over the limit is refused at MAIL.
+	wantReply(t, c.Mail(testUser, &smtp.MailOptions{Size: MaxMessageBytes + 1}), ReplyMessageTooBig)
+}
+
+func TestSMTP_BDAT(t *testing.T) {
+	g := startGoogle(t)
+	tok := tokenFor(t, g, MailScope)
+	w := dialWire(t, g)
+	w.send("EHLO relay.example")
+	w.skipReply()
+	w.startTLS(g)
+	w.send("EHLO relay.example")
+	w.skipReply()
+	w.send("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+testUser+"\x01auth=Bearer "+tok.AccessToken+"\x01\x01")))
+	w.expect("235 2.7.0 Accepted")
+	w.send("MAIL FROM:<" + testUser + ">")
+	w.expect("250 2.1.0 OK " + gsmtp)
+	w.send("RCPT TO:<bob@example.org>")
+	w.expect("250 2.1.5 OK " + gsmtp)
+	// RFC 3030: BDAT data is not dot-stuffed and is taken as it is.
+	body := "Subject: b\r\n\r\n.not stuffed\r\n"
+	w.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body[:len(body)-2]))
+	line := w.line()
+	if !strings.HasPrefix(line, "250 2.0.0 OK  ") {
+		t.Fatalf("BDAT LAST: %q", line)
+	}
+	got := g.SMTP.WaitMessages(1, 5*time.Second)
+	if len(got) != 1 || string(got[0].Data) != body {
+		t.Fatalf("recorded %+v", got)
+	}
+}
+
+// wireConn talks SMTP line by line, for tests of what is on the wire.
+type wireConn struct {
+	t   *testing.T
+	raw net.Conn
+	tp  *textproto.Conn
+}
+
+// dialWire connects and reads the greeting.
+func dialWire(t *testing.T, g *Google) *wireConn {
+	t.Helper()
+	raw, err := net.DialTimeout("tcp", g.SMTPAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	w := &wireConn{t: t, raw: raw, tp: textproto.NewConn(raw)}
+	w.expect("220 smtp.gmail.com ESMTP " + gsmtp)
+	return w
+}
+
+func (w *wireConn) send(cmd string) { w.t.Helper(); w.tp.PrintfLine("%s", cmd) }
+
+func (w *wireConn) line() string {
+	w.t.Helper()
+	l, err := w.tp.ReadLine()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return l
+}
+
+func (w *wireConn) expect(lines ...string) {
+	w.t.Helper()
+	for _, want := range lines {
+		if got := w.line(); got != want {
+			w.t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+}
+
+// skipReply reads up to the last line of a multi-line reply.
+func (w *wireConn) skipReply() {
+	w.t.Helper()
+	for l := w.line(); len(l) > 3 && l[3] == '-'; l = w.line() {
+	}
+}
+
+func (w *wireConn) startTLS(g *Google) {
+	w.t.Helper()
+	w.send("STARTTLS")
+	w.expect("220 2.0.0 Ready to start TLS")
+	w.tp = textproto.NewConn(tls.Client(w.raw, &tls.Config{RootCAs: g.CA.Pool, ServerName: "127.0.0.1"}))
 }
