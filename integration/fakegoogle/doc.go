@@ -22,8 +22,9 @@
 //
 // Token (POST TokenPath), JSON {"error","error_description"}:
 //   - authorization_code and refresh_token need client_id and
-//     client_secret (form or Basic): none, 400 invalid_request
-//     "client_secret is missing."; unknown client, 401 invalid_client "The
+//     client_secret (form or Basic): no client_id, 400 invalid_request
+//     "Could not determine client ID from request."; no secret, 400
+//     invalid_request "client_secret is missing."; unknown client, 401 invalid_client "The
 //     OAuth client was not found."; wrong secret, 401 invalid_client
 //     "Unauthorized".
 //   - authorization_code: unknown, used or expired code, 400 invalid_grant
@@ -128,6 +129,8 @@
 //     https://github.com/googleapis/google-api-nodejs-client/issues/3680 ;
 //     "Token has been expired or revoked.":
 //     https://github.com/googleworkspace/python-samples/issues/1644
+//   - invalid_request "Could not determine client ID from request.":
+//     https://github.com/openid/AppAuth-iOS/issues/226
 //   - unauthorized_client answered with HTTP 401:
 //     https://github.com/googleapis/google-auth-library-ruby/issues/210 ,
 //     https://github.com/hlavki/g-suite-identity-sync/issues/7

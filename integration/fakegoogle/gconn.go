@@ -37,6 +37,7 @@ type gconn struct {
 	greeted bool
 	inEHLO  bool // swallowing go-smtp's EHLO lines
 	closing bool // a 421 went out
+	midLine bool // the last input read ended inside a long line
 }
 
 func newGconn(raw net.Conn, cfg *tls.Config) *gconn {
@@ -67,7 +68,9 @@ func (c *gconn) Read(p []byte) (int, error) {
 		if len(line) == 0 && err != nil {
 			return 0, err
 		}
-		if err == nil && isStartTLS(line) {
+		whole := !c.midLine
+		c.midLine = err == bufio.ErrBufferFull
+		if err == nil && whole && isStartTLS(line) {
 			if err := c.startTLS(); err != nil {
 				return 0, err
 			}

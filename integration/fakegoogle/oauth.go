@@ -46,7 +46,7 @@ type OAuth struct {
 	codes       map[string]*codeGrant
 	refresh     map[string]*grant
 	access      map[string]*accessGrant
-	faults      []Fault
+	faults      []fault
 	counts      map[string]int
 }
 
@@ -73,8 +73,8 @@ type accessGrant struct {
 	expires time.Time
 }
 
-// Fault is a reply the token endpoint gives instead of handling a request.
-type Fault struct {
+// fault is a reply the token endpoint gives instead of handling a request.
+type fault struct {
 	Status int
 	Body   string // sent as application/json
 }
@@ -168,7 +168,7 @@ func (o *OAuth) SetAccessTokenLifetime(d time.Duration) {
 func (o *OAuth) FailNext(status int, body string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.faults = append(o.faults, Fault{Status: status, Body: body})
+	o.faults = append(o.faults, fault{Status: status, Body: body})
 }
 
 // RevokeAll revokes every refresh and access token, as a password change

@@ -283,12 +283,15 @@ func TestRefresh_AndRevocation(t *testing.T) {
 	}
 }
 
-func TestRefresh_NeedsSecret(t *testing.T) {
+func TestRefresh_NeedsClientCredentials(t *testing.T) {
 	g := startGoogle(t)
 	tok := tokenFor(t, g, MailScope)
 	cfg := oauthConfig(g, "", MailScope)
 	_, err := cfg.TokenSource(context.Background(), &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
 	wantOAuthError(t, err, 400, "invalid_request", "client_secret is missing.")
+	cfg.ClientID = ""
+	_, err = cfg.TokenSource(context.Background(), &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
+	wantOAuthError(t, err, 400, "invalid_request", "Could not determine client ID from request.")
 }
 
 func TestToken_FailNext(t *testing.T) {

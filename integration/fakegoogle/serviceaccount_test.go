@@ -138,7 +138,17 @@ func TestServiceAccount_DelegatedToken(t *testing.T) {
 	if !ok || email != testUser || !contains(scopes, MailScope) {
 		t.Fatalf("CheckAccess = %q %v %v", email, scopes, ok)
 	}
-	if n := g.OAuth.Requests(GrantJWTBearer); n != 1 {
+	// Any user of the domain can be impersonated.
+	g.OAuth.AddUser("bob@example.test")
+	cfg.Subject = "bob@example.test"
+	tok, err = cfg.TokenSource(context.Background()).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if email, _, _ := g.OAuth.CheckAccess(tok.AccessToken); email != "bob@example.test" {
+		t.Fatalf("impersonated %q", email)
+	}
+	if n := g.OAuth.Requests(GrantJWTBearer); n != 2 {
 		t.Fatalf("%d jwt-bearer requests", n)
 	}
 }

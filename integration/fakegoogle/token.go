@@ -24,11 +24,11 @@ func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	defer o.mu.Unlock()
 	o.counts[gt]++
 	if len(o.faults) > 0 {
-		fault := o.faults[0]
+		f := o.faults[0]
 		o.faults = o.faults[1:]
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.WriteHeader(fault.Status)
-		fmt.Fprint(w, fault.Body)
+		w.WriteHeader(f.Status)
+		fmt.Fprint(w, f.Body)
 		return
 	}
 	switch gt {
