@@ -118,7 +118,7 @@ func (d *Upstream) throttle(u *upAccount) (time.Duration, int) {
 		d.events.Throttled(u.Name)
 	}
 	wait := d.cfg.ThrottleBackoff * time.Duration(min(streak, 8))
-	d.log.Warn("delivery: Microsoft is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
+	d.log.Warn("delivery: "+u.service()+" is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
 	return wait, n
 }
 

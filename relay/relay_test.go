@@ -87,7 +87,7 @@ func TestBuildDSN_RFC3464Parts(t *testing.T) {
 		{Addr: "a@x.test", Last: &queue.Reply{Code: 554, Enhanced: "5.2.252", Text: "SendAsDenied; mbx not allowed to send as app"}},
 		{Addr: "b@x.test", Last: &queue.Reply{Code: 451, Enhanced: "4.4.7", Text: "message expired"}},
 	}
-	dsn := string(buildDSN("relay.test", "smtp.office365.com", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
+	dsn := string(buildDSN("relay.test", "smtp.office365.com", "Microsoft 365", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
 	for _, want := range []string{
 		"From: Mail Delivery System <mbx@contoso.com>\r\n", "To: <app@contoso.com>\r\n",
 		"Content-Type: multipart/report; report-type=delivery-status;",
