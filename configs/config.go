@@ -203,6 +203,11 @@ type Inbound struct {
 	// MaxConnectionsPerAccount caps the sessions open at once per account
 	// (both protocols); more are refused as temporary.
 	MaxConnectionsPerAccount int `yaml:"max_connections_per_account"`
+	// LoginCacheTTL is how long a successful local login is remembered
+	// (in memory, keyed by an HMAC of user and password) so an app that
+	// reconnects every minute does not pay bcrypt each time; 0 turns it
+	// off.
+	LoginCacheTTL time.Duration `yaml:"login_cache_ttl"`
 }
 
 // InboundIMAP is the local IMAP listener; Addr "" is off.
@@ -339,6 +344,7 @@ func Default() Config {
 		},
 		Inbound: Inbound{
 			MaxConnectionsPerAccount: 16,
+			LoginCacheTTL:            5 * time.Minute,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

@@ -437,6 +437,9 @@ func validateInbound(in *Inbound, add func(key, format string, args ...any)) {
 	if in.Enabled() && in.UsersFile == "" {
 		add("inbound.users_file", "missing — the IMAP/POP3 listeners need local users: a file of user:bcrypt-hash[:account] lines (make a hash with: htpasswd -nbB user password)")
 	}
+	if in.LoginCacheTTL < 0 {
+		add("inbound.login_cache_ttl", "must not be negative — e.g. 5m, or 0s to check every login with bcrypt")
+	}
 	if in.MaxConnectionsPerAccount < 1 {
 		add("inbound.max_connections_per_account", "must be at least 1 — e.g. 16")
 	}

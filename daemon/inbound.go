@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/inbound"
@@ -64,6 +65,7 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 		},
 		TLS:                      lc.TLS, // STARTTLS and STLS with listen.tls's certificate
 		MaxConnectionsPerAccount: c.Inbound.MaxConnectionsPerAccount,
+		LoginCacheTTL:            loginCacheTTL(c.Inbound.LoginCacheTTL),
 		DialTimeout:              c.Delivery.DialTimeout,
 		Events: inbound.Events{
 			Login: func(protocol, result string) { m.inboundLogins.WithLabelValues(protocol, result).Inc() },
@@ -104,4 +106,13 @@ func lnAddr(ln net.Listener) string {
 		return ""
 	}
 	return ln.Addr().String()
+}
+
+// loginCacheTTL maps inbound.login_cache_ttl to inbound.Options (where 0
+// is the default and a negative value turns the cache off).
+func loginCacheTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -138,3 +138,14 @@ func writeTestCert(t *testing.T, dir string) (certFile, keyFile string) {
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
 	return certFile, keyFile
 }
+
+// inbound.login_cache_ttl: 0 turns the cache off (the inbound package's
+// "off" is negative, its 0 the default).
+func TestLoginCacheTTL(t *testing.T) {
+	if got := loginCacheTTL(0); got >= 0 {
+		t.Errorf("0s gives %v, want the cache off (negative)", got)
+	}
+	if got := loginCacheTTL(90 * time.Second); got != 90*time.Second {
+		t.Errorf("90s gives %v", got)
+	}
+}
