@@ -125,7 +125,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		}
 	}
 
-	lc, err := listenerConfig(c)
+	lc, err := listenerConfig(c, log)
 	if err != nil {
 		return nil, err
 	}
@@ -409,7 +409,7 @@ func upstreamHost(addr string) string {
 }
 
 // listenerConfig is the SMTP listener's part of the configuration.
-func listenerConfig(c *configs.Config) (relay.ListenerConfig, error) {
+func listenerConfig(c *configs.Config, log *slog.Logger) (relay.ListenerConfig, error) {
 	var err error
 	lc := relay.ListenerConfig{
 		Hostname: c.Listen.Hostname, MaxMessageBytes: c.Listen.MaxMessageBytes,
@@ -433,11 +433,11 @@ func listenerConfig(c *configs.Config) (relay.ListenerConfig, error) {
 		}
 	}
 	if c.Listen.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile)
+		r, err := newCertReloader(c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile, log)
 		if err != nil {
-			return lc, fmt.Errorf("listen.tls: %w", err)
+			return lc, err
 		}
-		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		lc.TLS = &tls.Config{GetCertificate: r.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
 	return lc, nil
 }
