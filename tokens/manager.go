@@ -74,6 +74,9 @@ type Account struct {
 	Protocols []string
 	// Provider is "microsoft" (or "") or "google".
 	Provider string
+	// Cloud is the Microsoft cloud (global, usgov, usgov-dod, china; ""
+	// is global), for the status page.
+	Cloud string
 	// Resource names delegated scopes (Resource + "/SMTP.Send"; "" is the
 	// global cloud's https://outlook.office.com); AppResource is what an
 	// app-only token asks for (+ "/.default"; "" is
@@ -88,6 +91,24 @@ type Account struct {
 }
 
 func (a Account) delegated() bool { return a.Flow != FlowClientCredentials }
+
+// certificate reports whether the account signs in with a certificate.
+func (a Account) certificate() bool { return !a.delegated() && a.CertFile != "" }
+
+// Credential names how the account signs in, as the status page and
+// `oauthrelay accounts` show it: "delegated sign-in", "client secret",
+// "certificate" or "service account".
+func (a Account) Credential() string {
+	switch {
+	case a.Flow == "service_account":
+		return "service account"
+	case a.certificate():
+		return "certificate"
+	case !a.delegated():
+		return "client secret"
+	}
+	return "delegated sign-in"
+}
 
 func (a Account) endpoint() oauth2.Endpoint {
 	base := strings.TrimRight(a.Authority, "/") + "/" + a.Tenant + "/oauth2/v2.0"
@@ -140,6 +161,17 @@ type AccountState struct {
 	// Sessions are the inbound IMAP/POP3 sessions open now, per protocol;
 	// the admin server fills it in (package inbound counts them).
 	Sessions map[string]int `json:"sessions,omitempty"`
+	// Provider (microsoft, google), Cloud (Microsoft's: global, usgov,
+	// usgov-dod, china) and Credential (Account.Credential) come from the
+	// configuration.
+	Provider   string `json:"provider,omitempty"`
+	Cloud      string `json:"cloud,omitempty"`
+	Credential string `json:"credential,omitempty"`
+	// CertificateExpiry is when the client certificate expires (accounts
+	// with a certificate, once it has been read); CertificateWarning is
+	// set from Options.CertificateWarning before that, and after.
+	CertificateExpiry  time.Time `json:"certificate_expiry,omitzero"`
+	CertificateWarning string    `json:"certificate_warning,omitempty"`
 }
 
 // Options configure a Manager. Timings are fields so tests use milliseconds.
@@ -162,6 +194,9 @@ type Options struct {
 	// TransientRetries are the waits between retries of a transient
 	// failure within one token request. Default 1 s, 4 s.
 	TransientRetries []time.Duration
+	// CertificateWarning: a client certificate that expires within this
+	// shows a warning (AccountState.CertificateWarning). Default 30 days.
+	CertificateWarning time.Duration
 	// OnRefresh, if set, is called after every token request with the
 	// result: "ok", "transient" or "refused".
 	OnRefresh func(account, result string)
@@ -212,6 +247,11 @@ type account struct {
 	refused   map[string]Explanation
 	pendingRT string // a rotated refresh token not yet persisted
 	timer     *time.Timer
+	// certExpiry: the client certificate's NotAfter, as last read.
+	// certStamp: its files' sizes and times when a token request with it
+	// was refused; a change to them (a new certificate) is retried.
+	certExpiry time.Time
+	certStamp  string
 }
 
 // NewManager sets up token sources for opts.Accounts from opts.Store.
@@ -239,6 +279,9 @@ func NewManager(opts Options) (*Manager, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.CertificateWarning <= 0 {
+		opts.CertificateWarning = 30 * 24 * time.Hour
 	}
 	m := &Manager{
 		opts: opts, log: opts.Logger, accounts: map[string]*account{},
@@ -270,6 +313,13 @@ func NewManager(opts Options) (*Manager, error) {
 			ac.cc = &clientcredentials.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
 				TokenURL: a.endpoint().TokenURL, Scopes: AppOnlyScopes(), AuthStyle: oauth2.AuthStyleInParams}
 			ac.state = Connected
+			if a.certificate() {
+				// Read now so the status page shows the expiry and a bad
+				// pair at once; every token request reads the files again.
+				if _, err := m.loadCertificate(ac); err != nil {
+					ac.state, ac.expl, ac.certStamp = Misconfigured, explainCertificate(err), certStamp(a)
+				}
+			}
 		}
 		m.accounts[a.Name] = ac
 		m.order = append(m.order, a.Name)
@@ -405,7 +455,17 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 		}
 		tok, err = a.oauth.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
 	} else {
-		tok, err = a.cc.Token(ctx)
+		cc, cerr := m.appCredentials(a)
+		if cerr != nil {
+			ex := explainCertificate(cerr)
+			a.mu.Lock()
+			a.certStamp = certStamp(a.Account)
+			a.mu.Unlock()
+			m.cache.Remove(a.Name)
+			m.setState(a, Misconfigured, ex)
+			return Token{}, &AccountError{Account: a.Name, State: Misconfigured, Explanation: ex}
+		}
+		tok, err = cc.Token(ctx)
 	}
 	if err != nil {
 		st, ex, transient := classify(err, a.Account, m.opts.RedirectURL)
@@ -415,6 +475,9 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 		a.mu.Lock()
 		if a.delegated() {
 			a.failedRT, a.pendingRT = rt, ""
+		}
+		if a.certificate() {
+			a.certStamp = certStamp(a.Account)
 		}
 		a.mu.Unlock()
 		m.cache.Remove(a.Name)
@@ -570,6 +633,10 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 		a.mu.Lock()
 		st, failed, smtpSince := a.state, a.failedRT, a.smtpSince
 		a.mu.Unlock()
+		if a.certificate() && st == Misconfigured {
+			m.retryNewCertificate(ctx, a)
+			continue
+		}
 		if !a.delegated() || st == Connected {
 			continue
 		}
@@ -653,6 +720,17 @@ func (m *Manager) State(name string) AccountState {
 		s.Protocols = []string{"smtp"}
 	}
 	s.Refused = m.Refused(name)
+	s.Provider, s.Cloud, s.Credential = a.Provider, a.Cloud, a.Credential()
+	if s.Provider == "" {
+		s.Provider = "microsoft"
+	}
+	if s.Cloud == "" && s.Provider == "microsoft" {
+		s.Cloud = "global"
+	}
+	a.mu.Lock()
+	s.CertificateExpiry = a.certExpiry
+	a.mu.Unlock()
+	s.CertificateWarning = certificateWarning(s.CertificateExpiry, m.opts.Now(), m.opts.CertificateWarning)
 	if c, ok := m.cache.Peek(name); ok {
 		s.Fingerprint = Fingerprint(c.tok.AccessToken)
 	}
