@@ -54,11 +54,14 @@ type CertificateError struct {
 	Key     string
 	Problem string
 	Fix     string
+	Err     error // the underlying error, if any (fs.ErrNotExist, fs.ErrPermission, …)
 }
 
 func (e *CertificateError) Error() string {
 	return fmt.Sprintf("%s %s: %s — %s", e.Key, e.File, e.Problem, e.Fix)
 }
+
+func (e *CertificateError) Unwrap() error { return e.Err }
 
 const makeKeyPair = `make a new pair: openssl req -x509 -newkey rsa:2048 -keyout oauthrelay.key -out oauthrelay.crt -days 365 -nodes -subj "/CN=oauthrelay", upload oauthrelay.crt to the app registration (Certificates & secrets), and set client_certificate_file and client_key_file to the two files`
 
@@ -97,7 +100,7 @@ func readFile(file, key string) ([]byte, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		fix = "check the path of " + key
 	}
-	return nil, &CertificateError{File: file, Key: key, Problem: "cannot be read: " + errors.Unwrap(err).Error(), Fix: fix}
+	return nil, &CertificateError{File: file, Key: key, Problem: "cannot be read: " + errors.Unwrap(err).Error(), Fix: fix, Err: err}
 }
 
 // readLeaf returns the first certificate in file.

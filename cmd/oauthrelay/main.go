@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/spf13/cobra"
@@ -116,8 +117,10 @@ func newCheckConfigCmd() *cobra.Command {
 		Short: "Load and validate the configuration; print it with secrets masked",
 		Long: `check-config loads the configuration exactly as serve would (file,
 OAUTHRELAY_* environment, flags), reports every problem with the key to fix,
-and prints the effective configuration with secrets masked. Exit status 0
-means serve would start with it.`,
+and prints the effective configuration with secrets masked. It also reads
+each app-only account's client certificate and key: a key that does not
+match, or an expired certificate, is a problem; one that expires within 30
+days, a warning. Exit status 0 means serve would start with it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			loaded, err := loadConfig(cmd)
@@ -135,6 +138,13 @@ means serve would start with it.`,
 			}
 			if err != nil {
 				return err
+			}
+			certProblems, certWarnings := checkCertificates(&loaded.Config, time.Now())
+			for _, w := range certWarnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
+			if len(certProblems) > 0 {
+				return exitError{code: 2, err: certProblems}
 			}
 			out, err := configs.Effective(&loaded.Config)
 			if err != nil {
