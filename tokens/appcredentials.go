@@ -87,10 +87,14 @@ func certStamp(a Account) string {
 // once its certificate or key file has changed since it was refused: a
 // renewed certificate resumes the account's mail without a restart.
 func (m *Manager) retryNewCertificate(ctx context.Context, a *account) {
+	now := certStamp(a.Account)
 	a.mu.Lock()
 	stamp := a.certStamp
+	if stamp != "" && now != stamp {
+		a.certStamp = now // one try per change, even if Entra cannot be reached
+	}
 	a.mu.Unlock()
-	if stamp == "" || certStamp(a.Account) == stamp {
+	if stamp == "" || now == stamp {
 		return
 	}
 	if err := m.ForceRefresh(ctx, a.Name); err == nil {
