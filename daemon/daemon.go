@@ -149,7 +149,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 			}
 		}
 		return upstreamHost(c.Upstream.Addr)
-	}, Mailbox: r.Tokens.Mailbox, Log: log,
+	}, Service: r.Upstream.Service, Mailbox: r.Tokens.Mailbox, Log: log,
 		Sent: func(account string) { r.Metrics.bounced.WithLabelValues(account).Inc() }}
 	qo := queue.Options{
 		Dir: c.Spool.Dir, Deliverer: r.Upstream, Bounce: bouncer.Bounce,
@@ -216,7 +216,7 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		Queue: r.Queue, Accounts: accounts{r.Tokens, r.Upstream}, Metrics: r.Metrics.Handler(),
 		ListenerUp: func() error { return r.Listener.Accepting() },
 		Explain: func(rep queue.Reply, account, sender string) string {
-			return relay.ExplainReply(rep, r.Tokens.Mailbox(account), sender)
+			return relay.ExplainReplyFrom(r.Upstream.Service(account), rep, r.Tokens.Mailbox(account), sender)
 		},
 		Check: func(ctx context.Context, account string) admin.CheckResult {
 			ctx, cancel := context.WithTimeout(ctx, time.Minute) // within the admin server's write timeout
@@ -430,8 +430,17 @@ func upstreamConfig(c *configs.Config) (relay.UpstreamConfig, []relay.UpstreamAc
 	var ups []relay.UpstreamAccount
 	var routes []relay.Route
 	for _, a := range c.Accounts {
-		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender, Addr: c.SMTPUpstream(&a)})
+		ups = append(ups, relay.UpstreamAccount{Name: a.Name, Mailbox: a.Mailbox, Rewrite: a.RewriteSender, Addr: c.SMTPUpstream(&a),
+			Unpaced: a.Kind == configs.KindHVE, Service: serviceName(&a)})
 		routes = append(routes, relay.Route{Account: a.Name, Patterns: a.Senders})
 	}
 	return uc, ups, routes, nil
+}
+
+// serviceName is how a's provider is named in logs, checks and bounces.
+func serviceName(a *configs.Account) string {
+	if a.Provider == configs.ProviderGoogle {
+		return "Gmail"
+	}
+	return "Microsoft 365"
 }

@@ -1,8 +1,10 @@
 package inbound
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -358,4 +360,67 @@ func TestServer_CloseCutsRelayedSessions(t *testing.T) {
 		t.Error("the session survived Close")
 	}
 	<-h.sessions
+}
+
+// gmailIMAP is imap.gmail.com's login as Google documents it: a refused
+// XOAUTH2 gets a continuation with a base64 JSON error, and the NO only
+// after the client's empty response.
+func gmailIMAP(u *fakeUpstream, c net.Conn, r *bufio.Reader) {
+	fmt.Fprintf(c, "* OK Gimap ready for requests from 127.0.0.1 fake\r\n")
+	line, _ := r.ReadString('\n')
+	f := strings.Fields(line)
+	if len(f) != 4 || f[2] != "XOAUTH2" {
+		fmt.Fprintf(c, "* BAD unexpected %q\r\n", line)
+		return
+	}
+	if !u.checkXOAUTH2(f[3]) {
+		fmt.Fprintf(c, "+ %s\r\n", base64.StdEncoding.EncodeToString([]byte(`{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`)))
+		if l, _ := r.ReadString('\n'); l != "\r\n" {
+			return // no empty response: Gmail never answers (the relay would hang)
+		}
+		fmt.Fprintf(c, "%s NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n", f[0])
+		return
+	}
+	fmt.Fprintf(c, "* CAPABILITY IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584\r\n")
+	fmt.Fprintf(c, "%s OK alerts@example.test authenticated (Success)\r\n", f[0])
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if f := strings.Fields(line); len(f) >= 2 {
+			fmt.Fprintf(c, "%s OK Success\r\n", f[0])
+		}
+	}
+}
+
+// Against Gmail's IMAP: a good token signs in and the client gets Gmail's
+// capabilities (less COMPRESS); a refused one gets the empty response
+// Google asks for, one fresh token, then a temporary refusal for the app.
+func TestIMAP_GmailUpstream(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"good"}, gmailIMAP)
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"good"}}, nil)
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	if got := c.line(); !strings.HasPrefix(got, "a OK [CAPABILITY IMAP4rev1 UNSELECT IDLE") || strings.Contains(got, "COMPRESS") {
+		t.Fatalf("login answer %q", got)
+	}
+	c.send("b NOOP")
+	c.expect("b OK Success")
+
+	up2 := startUpstream(t, tlsCfg, nil, gmailIMAP)
+	toks := &fakeTokens{tokens: []string{"stale", "fresh"}}
+	h2 := newHarness(t, pool, up2.addr, "127.0.0.1:1", toks, nil)
+	c2 := dial(t, h2.imapAddr)
+	c2.expect("* OK")
+	c2.send("a LOGIN app apppw")
+	c2.expect("a NO [UNAVAILABLE]")
+	if toks.invalidated != 1 || up2.conns.Load() != 2 {
+		t.Errorf("invalidated %d, upstream connections %d: want one retry with a fresh token", toks.invalidated, up2.conns.Load())
+	}
+	if len(toks.refusals) != 1 || !strings.Contains(toks.refusals[0], "Invalid credentials") {
+		t.Errorf("refusals recorded: %q", toks.refusals)
+	}
 }

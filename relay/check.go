@@ -46,7 +46,7 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 		s := CheckStep{Step: "token", Detail: "could not get an access token: " + err.Error()}
 		var ae *tokens.AccountError
 		if errors.As(err, &ae) {
-			s.Detail = "Microsoft refused a token: " + ae.Explanation.Title
+			s.Detail = "the sign-in service refused a token: " + ae.Explanation.Title
 			s.Fix = ae.Explanation.Action
 			if ae.Explanation.URL != "" {
 				s.Fix += " (" + ae.Explanation.URL + ")"
@@ -90,7 +90,7 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code == 535 {
 			ex := tokens.ExplainSMTPAuth(se.Code, enhanced(se), tokens.Account{Name: account, Mailbox: u.Mailbox}, signedInAs)
-			s.Detail = fmt.Sprintf("Microsoft refused the login (%d %s): %s", se.Code, enhanced(se), ex.Title)
+			s.Detail = fmt.Sprintf("%s refused the login (%d %s): %s", u.service(), se.Code, enhanced(se), ex.Title)
 			s.Fix = ex.Action
 		} else {
 			s.Fix = "the connection failed during the login; try again, and check the network if it persists"
@@ -99,7 +99,7 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 		return done()
 	}
 	c.Quit()
-	add(CheckStep{Step: "login", OK: true, Detail: "Microsoft accepted the XOAUTH2 login for " + u.Mailbox + " (nothing was sent)"})
+	add(CheckStep{Step: "login", OK: true, Detail: u.service() + " accepted the XOAUTH2 login for " + u.Mailbox + " (nothing was sent)"})
 	return done()
 }
 

@@ -64,7 +64,7 @@ func (d *Upstream) classify(u *upAccount, err error) (r queue.Reply, throttled, 
 		return r, true, r.Code == 421
 	case r.Code == 421:
 		return r, false, true // the server closes the connection after 421
-	case senderThrottled(r):
+	case senderThrottled(r), quotaExceeded(r):
 		return r, true, false
 	case notAuthenticated(r):
 		return r, false, true // this session lost its login: a new one
@@ -80,6 +80,13 @@ func senderThrottled(r queue.Reply) bool {
 	return r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25")
 }
 
+// quotaExceeded: a daily sending quota ("550 5.4.5 Daily user sending
+// limit exceeded" — Gmail: 2,000 messages a day for Workspace, 500 for
+// gmail.com; Outlook.com words it "quota"). RFC 3463 X.4.5 is congestion:
+// the message is fine and goes out when the quota resets, so it is
+// deferred with the throttling back-off, never bounced.
+func quotaExceeded(r queue.Reply) bool { return r.Code == 550 && r.Enhanced == "5.4.5" }
+
 // notAuthenticated: "530 5.7.57 Client not authenticated" at MAIL means
 // the session's login was lost, not that the message is refused.
 func notAuthenticated(r queue.Reply) bool { return r.Code == 530 && r.Enhanced == "5.7.57" }
@@ -88,7 +95,7 @@ func outcome(r queue.Reply) queue.Outcome {
 	switch {
 	case r.Code >= 200 && r.Code < 300:
 		return queue.Delivered
-	case senderThrottled(r), notAuthenticated(r):
+	case senderThrottled(r), quotaExceeded(r), notAuthenticated(r):
 		return queue.Deferred
 	case r.Code >= 500:
 		return queue.Failed
@@ -111,7 +118,7 @@ func (d *Upstream) throttle(u *upAccount) (time.Duration, int) {
 		d.events.Throttled(u.Name)
 	}
 	wait := d.cfg.ThrottleBackoff * time.Duration(min(streak, 8))
-	d.log.Warn("delivery: Microsoft is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
+	d.log.Warn("delivery: "+u.service()+" is throttling the account; slowing down", "account", u.Name, "connections", n, "retry_after", wait.String())
 	return wait, n
 }
 

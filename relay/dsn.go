@@ -28,6 +28,9 @@ type Bouncer struct {
 	// RemoteMTA names an account's upstream in the DSN's Remote-MTA
 	// field (nil: none).
 	RemoteMTA func(account string) string
+	// Service names an account's provider in the text ("Microsoft 365"
+	// when nil, "Gmail").
+	Service func(account string) string
 	// Mailbox returns the account's mailbox (the DSN's envelope sender:
 	// Microsoft 365 does not accept <>).
 	Mailbox func(account string) string
@@ -53,7 +56,11 @@ func (b *Bouncer) Bounce(ctx context.Context, bo *queue.Bounce) error {
 	if b.RemoteMTA != nil {
 		remote = b.RemoteMTA(bo.Meta.Account)
 	}
-	msg := buildDSN(b.Hostname, remote, mailbox, bo.Meta, bo.Failed, headers, time.Now())
+	service := "Microsoft 365"
+	if b.Service != nil {
+		service = b.Service(bo.Meta.Account)
+	}
+	msg := buildDSN(b.Hostname, remote, service, mailbox, bo.Meta, bo.Failed, headers, time.Now())
 	id, err := b.Queue.Enqueue(ctx, queue.Envelope{
 		From: mailbox, To: []string{to.String()}, Account: bo.Meta.Account,
 		IsBounce: true, EightBit: true, SMTPUTF8: !to.IsASCII(),
@@ -155,7 +162,7 @@ func dsnRecipient(addr string) string {
 	return "utf-8; " + b.String()
 }
 
-func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
+func buildDSN(hostname, remoteMTA, service, mailbox string, m *queue.Meta, failed []queue.Recipient, headers []byte, now time.Time) []byte {
 	rnd := make([]byte, 12)
 	rand.Read(rnd)
 	boundary := "oauthrelay-" + hex.EncodeToString(rnd)
@@ -173,7 +180,7 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 	w("This is a MIME-encapsulated message.\r\n\r\n")
 
 	w("--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", boundary)
-	w("This is oauthrelay at %s, sending mail through Microsoft 365 as %s.\r\n\r\n", hostname, mailbox)
+	w("This is oauthrelay at %s, sending mail through %s as %s.\r\n\r\n", hostname, service, mailbox)
 	w("Your message of %s could not be delivered to %d recipient(s).\r\n", m.Arrived.Format(time.RFC1123Z), len(failed))
 	w("It was not delivered to them and will not be retried.\r\n\r\n")
 	for _, r := range failed {
@@ -182,8 +189,8 @@ func buildDSN(hostname, remoteMTA, mailbox string, m *queue.Meta, failed []queue
 			reply = *r.Last
 		}
 		w("<%s>\r\n", dsnAddr(r.Addr))
-		w("    Microsoft 365 answered: %s\r\n", oneLine(reply.String()))
-		w("    What it means: %s\r\n\r\n", oneLine(ExplainReply(reply, mailbox, sender)))
+		w("    %s answered: %s\r\n", service, oneLine(reply.String()))
+		w("    What it means: %s\r\n\r\n", oneLine(ExplainReplyFrom(service, reply, mailbox, sender)))
 	}
 
 	w("--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
@@ -231,6 +238,17 @@ func oneLine(s string) string {
 
 // ExplainReply says what a Microsoft 365 reply means for the sender or admin.
 func ExplainReply(r queue.Reply, mailbox, sender string) string {
+	return ExplainReplyFrom("Microsoft 365", r, mailbox, sender)
+}
+
+// ExplainReplyFrom says what a reply of service ("Microsoft 365",
+// "Gmail") means for the sender or admin.
+func ExplainReplyFrom(service string, r queue.Reply, mailbox, sender string) string {
+	if service == "Gmail" {
+		if s := explainGmail(r); s != "" {
+			return s
+		}
+	}
 	switch {
 	case r.Enhanced == "5.2.252":
 		return fmt.Sprintf("the mailbox %s may not send as %s. An Exchange admin grants it Send As on that address (Add-RecipientPermission), or the relay's account sets rewrite_sender: envelope (or from).", mailbox, sender)
@@ -252,4 +270,24 @@ func ExplainReply(r queue.Reply, mailbox, sender string) string {
 		return "Microsoft 365 refused the message permanently."
 	}
 	return "a temporary failure."
+}
+
+// explainGmail says what Gmail's own replies mean ("" for one read as
+// any server's); https://support.google.com/a/answer/3726730 lists them.
+func explainGmail(r queue.Reply) string {
+	switch {
+	case r.Code == 552 || r.Enhanced == "5.3.4":
+		return "the message is larger than Gmail accepts (about 25 MB of attachments; 35 MB after encoding). Send smaller attachments or a Drive link."
+	case r.Enhanced == "5.4.5":
+		return "the mailbox reached Gmail's daily sending limit (2,000 messages a day for Google Workspace, 500 for gmail.com); the relay waits and sends the rest when the limit resets."
+	case strings.HasPrefix(r.Enhanced, "5.1."):
+		return "Gmail does not accept this recipient address: check it for typos."
+	case r.Enhanced == "5.7.0" && r.Code == 530:
+		return "Gmail did not accept the relay's sign-in for this message."
+	case strings.HasPrefix(r.Enhanced, "5.7."):
+		return "Gmail refused the message by policy (suspected spam, a blocked attachment type, or the sender's domain policy); the link in the reply says which."
+	case r.Code >= 500:
+		return "Gmail refused the message permanently."
+	}
+	return ""
 }

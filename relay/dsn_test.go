@@ -61,7 +61,7 @@ func FuzzBuildDSN(f *testing.F) {
 			{Addr: rcpt + rcpt},
 		}
 		h := originalHeaders(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(headers)), nil })
-		dsn := buildDSN("relay.test", "smtp.office365.com", "mbx@contoso.com", m, failed, h, now)
+		dsn := buildDSN("relay.test", "smtp.office365.com", "Microsoft 365", "mbx@contoso.com", m, failed, h, now)
 		checkCRLFText(t, dsn)
 		head, body, ok := strings.Cut(string(dsn), "\r\n\r\n")
 		if !ok {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/oauthrelay/oauthrelay/queue"
@@ -85,7 +87,7 @@ func TestBuildDSN_RFC3464Parts(t *testing.T) {
 		{Addr: "a@x.test", Last: &queue.Reply{Code: 554, Enhanced: "5.2.252", Text: "SendAsDenied; mbx not allowed to send as app"}},
 		{Addr: "b@x.test", Last: &queue.Reply{Code: 451, Enhanced: "4.4.7", Text: "message expired"}},
 	}
-	dsn := string(buildDSN("relay.test", "smtp.office365.com", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
+	dsn := string(buildDSN("relay.test", "smtp.office365.com", "Microsoft 365", "mbx@contoso.com", m, failed, []byte("Subject: original\r\n"), now))
 	for _, want := range []string{
 		"From: Mail Delivery System <mbx@contoso.com>\r\n", "To: <app@contoso.com>\r\n",
 		"Content-Type: multipart/report; report-type=delivery-status;",
@@ -122,6 +124,20 @@ func TestDelivery_PacingNeverExceedsRatePerMinute(t *testing.T) {
 	}
 	if passed > 31 {
 		t.Errorf("%d messages passed in one minute, want at most 31", passed)
+	}
+}
+
+// A High Volume Email account is not paced like a mailbox; the mailbox
+// beside it still is.
+func TestDelivery_HVEAccountIsNotPaced(t *testing.T) {
+	d := NewUpstream(UpstreamConfig{RatePerMinute: 30, IdleTimeout: time.Minute},
+		[]UpstreamAccount{{Name: "mbx"}, {Name: "bulk", Unpaced: true}}, nil, nil, UpstreamEvents{})
+	defer d.Close()
+	if lim := d.accounts["bulk"].limiter; lim.Limit() != rate.Inf {
+		t.Errorf("HVE account paced at %v/s", lim.Limit())
+	}
+	if lim := d.accounts["mbx"].limiter; float64(lim.Limit())*60 != 30 {
+		t.Errorf("mailbox paced at %v/min, want 30", float64(lim.Limit())*60)
 	}
 }
 

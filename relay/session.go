@@ -346,7 +346,7 @@ func (d *Upstream) login(u *upAccount, c *smtp.Client, cred tokens.Credential) (
 		if errors.As(err, &se) && se.Code == 535 {
 			enh := enhanced(se)
 			d.reply(u.Name, se.Code, enh)
-			d.log.Warn("delivery: Microsoft refused the login", "account", u.Name, "reply", fmt.Sprintf("%d %s %s", se.Code, enh, se.Message), "token", cred.Fingerprint)
+			d.log.Warn("delivery: "+u.service()+" refused the login", "account", u.Name, "reply", fmt.Sprintf("%d %s %s", se.Code, enh, se.Message), "token", cred.Fingerprint)
 			return nil, &attemptError{auth535: true, reply: queue.Reply{Code: se.Code, Enhanced: enh, Text: se.Message}}
 		}
 		return nil, d.replyErr("AUTH", err)

@@ -64,6 +64,13 @@ type UpstreamAccount struct {
 	// Addr is the account's submission server, host:port; "" is
 	// UpstreamConfig.Addr.
 	Addr string
+	// Service names the account's provider to people: "Microsoft 365"
+	// (when empty) or "Gmail".
+	Service string
+	// Unpaced turns UpstreamConfig.RatePerMinute off for the account: a
+	// High Volume Email account is not held to a mailbox's 30 messages a
+	// minute (Microsoft's throttling replies still slow it down).
+	Unpaced bool
 }
 
 // UpstreamEvents receives what delivery does, for metrics. Any field may be nil.
@@ -110,6 +117,22 @@ type upAccount struct {
 	throttleStreak int
 }
 
+// service is how u's provider is named in logs, checks and bounces.
+func (u *upAccount) service() string {
+	if u.Service == "" {
+		return "Microsoft 365"
+	}
+	return u.Service
+}
+
+// Service is how account's provider is named ("Microsoft 365", "Gmail").
+func (d *Upstream) Service(account string) string {
+	if u, ok := d.accounts[account]; ok {
+		return u.service()
+	}
+	return "Microsoft 365"
+}
+
 // NewUpstream builds the upstream side.
 func NewUpstream(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource, log *slog.Logger, events UpstreamEvents) *Upstream {
 	if cfg.Connections <= 0 {
@@ -127,7 +150,7 @@ func NewUpstream(cfg UpstreamConfig, accounts []UpstreamAccount, ts TokenSource,
 	d := &Upstream{cfg: cfg, tokens: ts, log: log, events: events, accounts: map[string]*upAccount{}, done: make(chan struct{})}
 	for _, a := range accounts {
 		lim := rate.NewLimiter(rate.Inf, 1)
-		if cfg.RatePerMinute > 0 {
+		if cfg.RatePerMinute > 0 && !a.Unpaced {
 			// Burst of one: any 60 s window then holds at most
 			// rate_per_minute+1 messages. A larger burst would add to the
 			// steady rate and let Microsoft's per-minute limit be exceeded.
@@ -222,9 +245,11 @@ func all(dl *queue.Delivery, o queue.Outcome, r queue.Reply) queue.Result {
 func (d *Upstream) deliver(ctx context.Context, u *upAccount, dl *queue.Delivery, mayRetryAuth bool) queue.Result {
 	c, aerr := d.conn(ctx, u)
 	if aerr != nil {
-		if aerr.auth535 && aerr.reply.Enhanced == "5.7.3" && mayRetryAuth {
-			// The token may be stale or revoked: fetch a fresh one and try
-			// once more on a new connection before blaming the account.
+		if aerr.auth535 && aerr.reply.Enhanced != "5.7.139" && mayRetryAuth {
+			// The token may be stale or revoked (Microsoft's 5.7.3,
+			// Gmail's 5.7.8): fetch a fresh one and try once more on a new
+			// connection before blaming the account. SMTP AUTH turned off
+			// for the mailbox (5.7.139) no token can change.
 			d.tokens.Invalidate(u.Name)
 			return d.deliver(ctx, u, dl, false)
 		}

@@ -442,6 +442,12 @@ func TestUpstream_RepliesClassified(t *testing.T) {
 			wantAuths: 1, wantThrottled: true,
 		},
 		{
+			name:      "550 5.4.5 daily sending quota (Gmail) at DATA: deferred with the back-off, not bounced",
+			script:    upstreamScript{data: smtpErr(550, smtp.EnhancedCode{5, 4, 5}, "Daily user sending limit exceeded.")},
+			want:      map[string]rcptWant{a: {queue.Deferred, 550, "5.4.5", "Daily user sending limit"}},
+			wantAuths: 1, wantThrottled: true,
+		},
+		{
 			name: "535 5.7.3 twice: one fresh token, then the account is paused",
 			script: upstreamScript{auth: []*smtp.SMTPError{
 				smtpErr(535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful"),

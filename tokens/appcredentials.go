@@ -30,7 +30,7 @@ func (m *Manager) appCredentials(a *account) (*clientcredentials.Config, error) 
 	}
 	// No ClientSecret: with AuthStyleInParams, x/oauth2 then sends only
 	// client_id, and the assertion authenticates the client.
-	return &clientcredentials.Config{ClientID: a.ClientID, TokenURL: tokenURL, Scopes: AppOnlyScopes(),
+	return &clientcredentials.Config{ClientID: a.ClientID, TokenURL: tokenURL, Scopes: a.appScopes(),
 		AuthStyle: oauth2.AuthStyleInParams,
 		EndpointParams: url.Values{
 			"client_assertion_type": {ClientAssertionType},

@@ -73,9 +73,9 @@ func (m *Manager) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	m.pending[state] = pendingConnect{account: a.Name, verifier: verifier, created: now}
 	m.pendMu.Unlock()
-	u := a.oauth.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier),
-		oauth2.SetAuthURLParam("login_hint", a.Mailbox),
-		oauth2.SetAuthURLParam("prompt", "select_account"))
+	opts := append([]oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier),
+		oauth2.SetAuthURLParam("login_hint", a.Mailbox)}, a.authCodeOptions()...)
+	u := a.oauth.AuthCodeURL(state, opts...)
 	http.Redirect(w, r, u, http.StatusFound)
 }
 
@@ -185,6 +185,9 @@ func (m *Manager) ConnectDevice(ctx context.Context, name string, show func(Devi
 		if transient {
 			return "", fmt.Errorf("%w: %s", ErrTransient, ex.Title)
 		}
+		if st == Misconfigured { // as at the Connect page's callback
+			m.setState(a, st, ex)
+		}
 		return "", &AccountError{Account: name, State: st, Explanation: ex}
 	}
 	show(DeviceCode{UserCode: da.UserCode, VerificationURI: da.VerificationURI, Expires: da.Expiry,
@@ -202,6 +205,9 @@ func (m *Manager) ConnectDevice(ctx context.Context, name string, show func(Devi
 				return "", errors.New("the device code was not recognised by Microsoft; run the command again")
 			}
 			st, ex, _ := classify(err, a.Account, m.opts.RedirectURL)
+			if st == Misconfigured {
+				m.setState(a, st, ex)
+			}
 			return "", &AccountError{Account: name, State: st, Explanation: ex}
 		}
 		return "", err

@@ -104,15 +104,23 @@ func (a Account) AdminConsentURL(redirectURI string) string {
 // reports it transient.
 func classify(err error, a Account, redirectURI string) (State, Explanation, bool) {
 	var re *oauth2.RetrieveError
+	if errCredentialFile(err) {
+		return Misconfigured, Explanation{Title: "the account's credential file cannot be used", Detail: err.Error(),
+			Action: "fix the file named, then press Try again"}, false
+	}
 	if !errors.As(err, &re) {
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, ErrTransient) {
-			return "", Explanation{Title: "Microsoft Entra ID could not be reached", Detail: err.Error()}, true
+			return "", Explanation{Title: a.tokenService() + " could not be reached", Detail: err.Error()}, true
 		}
 		return "", Explanation{Title: "token request failed", Detail: err.Error()}, true
 	}
 	if re.Response != nil && (re.Response.StatusCode >= 500 || re.Response.StatusCode == 429) {
-		return "", Explanation{Title: fmt.Sprintf("Microsoft Entra ID answered HTTP %d; will retry", re.Response.StatusCode)}, true
+		return "", Explanation{Title: fmt.Sprintf("%s answered HTTP %d; will retry", a.tokenService(), re.Response.StatusCode)}, true
+	}
+	if a.google() {
+		st, ex := classifyGoogle(re, a)
+		return st, ex, false
 	}
 	code := entraCode(re)
 	st, ex := ExplainAADSTS(code, re.ErrorCode, a, redirectURI)
@@ -151,6 +159,11 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 		return NeedsReconnect, Explanation{Code: c,
 			Title:  "the sign-in code was already used",
 			Action: "start the Connect flow again"}
+	case 500011:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "this tenant does not know the Exchange Online resource asked for",
+			Detail: "The tenant lives in another Microsoft cloud than the account's (US Government GCC High and DoD, or China operated by 21Vianet, have their own Entra ID and Exchange Online), or Exchange Online is not licensed in it.",
+			Action: "set accounts[].cloud to the tenant's cloud (global, usgov, usgov-dod or china) — oauthrelay check-config shows the scopes and servers it implies — and register the app in that cloud's portal; then Connect again"}
 	case 7000215:
 		return Misconfigured, Explanation{Code: c,
 			Title:  "the client secret is wrong",
@@ -202,6 +215,9 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 // ("" when unknown).
 func ExplainSMTPAuth(code int, enhanced string, a Account, signedInAs string) Explanation {
 	c := fmt.Sprintf("%d %s", code, enhanced)
+	if a.google() {
+		return explainGmailAuth(c, a, signedInAs)
+	}
 	if enhanced == "5.7.3" && signedInAs != "" && !strings.EqualFold(signedInAs, a.Mailbox) {
 		return Explanation{Code: c,
 			Title:  "signed in as " + signedInAs + " but the mailbox is " + a.Mailbox,
@@ -277,4 +293,23 @@ func explainCertificateCode(code int, c string, a Account) (State, Explanation, 
 			Action: upload}, true
 	}
 	return "", Explanation{}, false
+}
+
+// explainGmailAuth explains Gmail's refusal of an XOAUTH2 login ("535
+// 5.7.8 Username and Password not accepted", after its JSON challenge).
+func explainGmailAuth(c string, a Account, signedInAs string) Explanation {
+	ex := Explanation{Code: c, Title: "Gmail did not accept the token for " + a.Mailbox}
+	switch {
+	case a.Flow == FlowServiceAccount:
+		ex.Detail = "The service account's token is not valid for " + a.Mailbox + "'s mail: domain-wide delegation lacks the scope " + GoogleScope + ", or the user is suspended or has no Gmail."
+		ex.Action = "in the Google Admin console check Security > API controls > Domain-wide delegation (the service account's client ID with " + GoogleScope + ") and that " + a.Mailbox + " is an active Gmail user; then press Try again"
+	case signedInAs != "" && !strings.EqualFold(signedInAs, a.Mailbox):
+		ex.Title = "signed in to Google as " + signedInAs + " but the mailbox is " + a.Mailbox
+		ex.Detail = "Gmail accepts a token only for the account that signed in."
+		ex.Action = "press Connect and sign in as " + a.Mailbox
+	default:
+		ex.Detail = "The sign-in did not grant the scope " + GoogleScope + ", or it was revoked, or the Workspace admin turned off IMAP/SMTP or third-party access for the user."
+		ex.Action = "press Connect and sign in as " + a.Mailbox + " again, allowing \"Read, compose, send and permanently delete all your email\"; if it persists, ask the Workspace admin (Apps > Google Workspace > Gmail > End User Access)"
+	}
+	return ex
 }

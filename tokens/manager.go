@@ -28,38 +28,16 @@ const (
 	FlowClientCredentials = "client_credentials"
 )
 
-// DelegatedScopes are what a sign-in asks for: a refresh token
-// (offline_access), openid (which lets the relay show who consented) and
-// one Exchange Online scope per protocol (smtp: SMTP.Send, imap:
-// IMAP.AccessAsUser.All, pop3: POP.AccessAsUser.All; one token serves all,
-// they share a resource). No protocols means smtp.
+// DelegatedScopes are what a sign-in for protocols asks for in the global
+// Microsoft cloud (Account.scopes has the rule): openid, offline_access
+// and one Exchange Online scope per protocol. No protocols means smtp.
 func DelegatedScopes(protocols ...string) []string {
-	s := []string{"openid", "offline_access"}
-	if len(protocols) == 0 {
-		protocols = []string{"smtp"}
-	}
-	for _, p := range protocols {
-		if sc := protocolScope(p); sc != "" {
-			s = append(s, sc)
-		}
-	}
-	return s
+	return Account{Protocols: protocols}.scopes()
 }
 
-func protocolScope(p string) string {
-	switch p {
-	case "smtp":
-		return "https://outlook.office.com/SMTP.Send"
-	case "imap":
-		return "https://outlook.office.com/IMAP.AccessAsUser.All"
-	case "pop3":
-		return "https://outlook.office.com/POP.AccessAsUser.All"
-	}
-	return ""
-}
-
-// AppOnlyScopes are what a client-credentials token asks for.
-func AppOnlyScopes() []string { return []string{"https://outlook.office365.com/.default"} }
+// AppOnlyScopes are what a client-credentials token asks for in the
+// global Microsoft cloud.
+func AppOnlyScopes() []string { return Account{}.appScopes() }
 
 // Account is one Microsoft 365 mailbox's app registration.
 type Account struct {
@@ -90,17 +68,21 @@ type Account struct {
 	ServiceAccountFile string
 }
 
-func (a Account) delegated() bool { return a.Flow != FlowClientCredentials }
+// delegated reports whether the account signs in as a user (a refresh
+// token from Connect or device code), not app-only.
+func (a Account) delegated() bool {
+	return a.Flow != FlowClientCredentials && a.Flow != FlowServiceAccount
+}
 
 // certificate reports whether the account signs in with a certificate.
-func (a Account) certificate() bool { return !a.delegated() && a.CertFile != "" }
+func (a Account) certificate() bool { return a.Flow == FlowClientCredentials && a.CertFile != "" }
 
 // Credential names how the account signs in, as the status page and
 // `oauthrelay accounts` show it: "delegated sign-in", "client secret",
 // "certificate" or "service account".
 func (a Account) Credential() string {
 	switch {
-	case a.Flow == "service_account":
+	case a.Flow == FlowServiceAccount:
 		return "service account"
 	case a.certificate():
 		return "certificate"
@@ -111,6 +93,9 @@ func (a Account) Credential() string {
 }
 
 func (a Account) endpoint() oauth2.Endpoint {
+	if a.google() {
+		return a.googleEndpoint()
+	}
 	base := strings.TrimRight(a.Authority, "/") + "/" + a.Tenant + "/oauth2/v2.0"
 	return oauth2.Endpoint{
 		AuthURL:       base + "/authorize",
@@ -296,7 +281,7 @@ func NewManager(opts Options) (*Manager, error) {
 		ac := &account{Account: a}
 		if a.delegated() {
 			ac.oauth = &oauth2.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
-				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: DelegatedScopes(a.Protocols...)}
+				Endpoint: a.endpoint(), RedirectURL: opts.RedirectURL, Scopes: a.scopes()}
 			rec, ok, err := opts.Store.Get(a.Name)
 			if err != nil {
 				return nil, err
@@ -311,7 +296,7 @@ func NewManager(opts Options) (*Manager, error) {
 			}
 		} else {
 			ac.cc = &clientcredentials.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
-				TokenURL: a.endpoint().TokenURL, Scopes: AppOnlyScopes(), AuthStyle: oauth2.AuthStyleInParams}
+				TokenURL: a.endpoint().TokenURL, Scopes: a.appScopes(), AuthStyle: oauth2.AuthStyleInParams}
 			ac.state = Connected
 			if a.certificate() {
 				// Read now so the status page shows the expiry and a bad
@@ -454,6 +439,8 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 			return Token{}, &AccountError{Account: a.Name, State: st, Explanation: ex}
 		}
 		tok, err = a.oauth.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
+	} else if a.Flow == FlowServiceAccount {
+		tok, err = a.serviceAccountToken(ctx)
 	} else {
 		cc, cerr := m.appCredentials(a)
 		if cerr != nil {
@@ -737,7 +724,7 @@ func (m *Manager) State(name string) AccountState {
 	if a.delegated() {
 		if rec, ok, err := m.opts.Store.Get(name); err == nil && ok {
 			s.ConsentedBy, s.ConsentedAt, s.LastRefresh = rec.ConsentedBy, rec.ConsentedAt, rec.LastRefresh
-			s.MissingProtocols = missingProtocols(a.Protocols, rec.Scopes)
+			s.MissingProtocols = missingProtocols(a.Account, rec.Scopes)
 		}
 	}
 	return s
@@ -883,13 +870,13 @@ func idTokenUPN(tok *oauth2.Token) string {
 
 // missingProtocols lists the protocols whose scope granted lacks (nothing
 // when the grant's scopes are unknown).
-func missingProtocols(protocols, granted []string) []string {
-	if len(granted) == 0 {
+func missingProtocols(a Account, granted []string) []string {
+	if len(granted) == 0 || (a.google() && googleGranted(granted)) {
 		return nil
 	}
 	var missing []string
-	for _, p := range protocols {
-		sc := protocolScope(p)
+	for _, p := range a.Protocols {
+		sc := a.protocolScope(p)
 		if sc == "" {
 			continue
 		}

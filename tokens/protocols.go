@@ -69,6 +69,12 @@ func ExplainProtocolAuth(protocol, reply string, a Account, signedInAs string) E
 	if protocol == "pop3" {
 		name, scope, cas = "POP3", "POP.AccessAsUser.All", "-PopEnabled $true"
 	}
+	if a.google() {
+		return Explanation{Code: strings.TrimSpace(reply),
+			Title:  "Gmail refused the " + name + " login for " + a.Mailbox,
+			Detail: name + " is off for the user, or the token does not carry " + GoogleScope + ".",
+			Action: "turn " + name + " on (the user: Gmail settings > Forwarding and POP/IMAP; Workspace admin: Apps > Google Workspace > Gmail > End User Access > POP and IMAP access); then press Try again, or Connect again"}
+	}
 	ex := Explanation{Code: strings.TrimSpace(reply),
 		Title:  "Microsoft refused the " + name + " login for " + a.Mailbox,
 		Detail: "The token is valid for Entra ID but not for " + name + ": " + name + " is off for the mailbox, the sign-in did not grant " + scope + ", or the user who signed in has no Full Access on the mailbox.",

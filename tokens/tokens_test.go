@@ -117,16 +117,28 @@ func (e *env) connect(t *testing.T, m *tokens.Manager) {
 	}
 }
 
-func TestXOAuth2_InitialResponseAndChallengeIsError(t *testing.T) {
+// XOAUTH2 has one step. Google's JSON error challenge gets the empty
+// response its docs ask for (then its 535 is read), once; anything else,
+// or a second one, is an error, never a silent success.
+func TestXOAuth2_InitialResponseAndChallenges(t *testing.T) {
 	x := &tokens.XOAuth2{User: "a@b.c", Token: "tok"}
 	mech, ir, err := x.Start()
 	if mech != "XOAUTH2" || string(ir) != "user=a@b.c\x01auth=Bearer tok\x01\x01" || err != nil {
 		t.Fatalf("Start = %q %q %v", mech, ir, err)
 	}
-	for _, ch := range []string{"", "eyJzdGF0dXMiOiI0MDAifQ=="} {
-		if resp, err := x.Next([]byte(ch)); err == nil || resp != nil {
-			t.Errorf("Next(%q) = %q, %v; a challenge must be an error", ch, resp, err)
-		}
+	if resp, err := x.Next([]byte("")); err == nil || resp != nil {
+		t.Errorf("Next(empty) = %q, %v; a challenge that is no error must fail", resp, err)
+	}
+	googleErr := []byte(`{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`)
+	if resp, err := x.Next(googleErr); err != nil || resp == nil || len(resp) != 0 {
+		t.Errorf("Next(Google's error) = %q, %v; want the empty response", resp, err)
+	}
+	if resp, err := x.Next(googleErr); err == nil || resp != nil {
+		t.Errorf("a second challenge = %q, %v; want an error", resp, err)
+	}
+	x.Start() // a new login starts afresh
+	if resp, err := x.Next(googleErr); err != nil || resp == nil {
+		t.Errorf("after Start, Next(Google's error) = %q, %v", resp, err)
 	}
 }
 

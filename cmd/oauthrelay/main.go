@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,8 @@ import (
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/daemon"
+	"github.com/oauthrelay/oauthrelay/tokens"
 	"github.com/spf13/cobra"
 )
 
@@ -155,8 +158,31 @@ days, a warning. Exit status 0 means serve would start with it.`,
 			if loaded.Attached != nil {
 				fmt.Fprintf(w, "# listen.allowed_networks: attached = %s\n", strings.Join(loaded.Attached, ", "))
 			}
+			printAccountEndpoints(w, &loaded.Config)
 			_, err = w.Write(out)
 			return err
 		},
+	}
+}
+
+// printAccountEndpoints says, for each account, where it signs in and which
+// servers it uses — what its provider, cloud, kind and overrides add up to.
+func printAccountEndpoints(w io.Writer, c *configs.Config) {
+	for i := range c.Accounts {
+		a := &c.Accounts[i]
+		what := a.Provider
+		if a.Provider == configs.ProviderMicrosoft {
+			what += ", cloud " + a.Cloud
+			if a.Kind == configs.KindHVE {
+				what += ", High Volume Email"
+			}
+		}
+		ta := daemon.TokenAccounts(&configs.Config{Accounts: []configs.Account{*a}})[0]
+		fmt.Fprintf(w, "# account %s (%s, flow %s):\n", a.Name, what, a.Flow)
+		fmt.Fprintf(w, "#   sign-in  %s\n", a.Authority)
+		fmt.Fprintf(w, "#   scopes   %s\n", strings.Join(tokens.ScopesFor(ta), " "))
+		fmt.Fprintf(w, "#   smtp     %s\n", c.SMTPUpstream(a))
+		fmt.Fprintf(w, "#   imap     %s\n", c.IMAPUpstream(a))
+		fmt.Fprintf(w, "#   pop3     %s\n", c.POP3Upstream(a))
 	}
 }

@@ -52,6 +52,7 @@ type Entra struct {
 	counts         map[string]int
 	issued         []string // every access and refresh token, even revoked ones
 	statePath      string   // grants are kept here when set (Options.StateDir)
+	cloudResource  string   // SetCloud: a national cloud's Exchange Online resource
 }
 
 type codeGrant struct {
@@ -518,13 +519,17 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 
 // issue writes a token response; caller holds e.mu.
 func (e *Entra) issue(w http.ResponseWriter, clientID, scope, upn string, appOnly bool) {
+	if res := e.foreignResource(scope); res != "" {
+		writeOAuthError(w, 400, "invalid_resource", 500011, "The resource principal named "+res+" was not found in the tenant. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.")
+		return
+	}
 	g := &AccessGrant{ClientID: clientID, UPN: upn, AppOnly: appOnly, Expires: e.now().Add(e.accessLifetime)}
 	if appOnly {
 		g.Roles = append([]string(nil), e.appRoles...)
 	} else {
 		for _, sc := range strings.Fields(scope) {
-			if rest, ok := strings.CutPrefix(sc, "https://outlook.office.com/"); ok {
-				g.Scopes = append(g.Scopes, rest)
+			if p := e.permission(sc); p != "" {
+				g.Scopes = append(g.Scopes, p)
 			}
 		}
 	}
