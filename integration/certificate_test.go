@@ -19,7 +19,7 @@ import (
 // certHarness is a relay whose account signs in app-only with a client
 // certificate (client_certificate_file, client_key_file) expiring at
 // notAfter; the certificate is not yet registered on the fake Entra ID.
-func certHarness(t *testing.T, notAfter time.Time, hookURL string) (*harness, *fakem365.ClientCertificate) {
+func certHarness(t *testing.T, notAfter time.Time, hookURL string, mods ...func(*configs.Config)) (*harness, *fakem365.ClientCertificate) {
 	t.Helper()
 	cc, err := fakem365.NewClientCertificate("oauthrelay", notAfter)
 	if err != nil {
@@ -35,6 +35,9 @@ func certHarness(t *testing.T, notAfter time.Time, hookURL string) (*harness, *f
 		a.ClientCertificateFile, a.ClientKeyFile = certFile, keyFile
 		c.Delivery.Retry = []time.Duration{time.Hour} // only a resume can deliver in time
 		c.Alert.WebhookURL = hookURL
+		for _, mod := range mods {
+			mod(c)
+		}
 	}, daemon.Hooks{})
 	t.Cleanup(func() {
 		// The private key never reaches the log, in any form.
@@ -145,5 +148,23 @@ func TestCert_UnregisteredCertificateShowsMisconfigured(t *testing.T) {
 	}
 	if got := byTestID(h.fake.SMTP.WaitMessages(1, 10*time.Second)); got["1"].Data == nil {
 		t.Fatal("mail not released after the certificate was uploaded")
+	}
+}
+
+// A certificate account in GCC High asks for its cloud's app-only scope
+// (https://outlook.office365.us/.default) and its mail flows.
+func TestCert_USGovAccountAsksForItsCloudsScope(t *testing.T) {
+	t.Parallel()
+	h, cc := certHarness(t, time.Now().Add(365*24*time.Hour), "", func(c *configs.Config) { c.Accounts[0].Cloud = configs.CloudUSGov })
+	h.fake.Entra.SetCloud("https://outlook.office365.us")
+	h.fake.Entra.RegisterCertificate("app-cert", cc.Cert)
+	if _, err := send(h.relay.SMTPAddr(), mailbox, []string{"bob@example.com"}, message(1, mailbox, "bob@example.com", ""), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.fake.SMTP.WaitMessages(1, 10*time.Second); len(got) != 1 {
+		t.Fatalf("upstream got %d messages; account %+v", len(got), h.relay.Tokens.State("helpdesk"))
+	}
+	if st := h.relay.Tokens.State("helpdesk"); st.Cloud != "usgov" || st.Credential != "certificate" {
+		t.Errorf("state %+v", st)
 	}
 }
