@@ -58,7 +58,8 @@ func TestCheckConfig_ClientCertificate(t *testing.T) {
 		want, wantNot []string
 	}{
 		{"expires in 12 days: OK with a warning", soon.CertPEM, soon.KeyPEM, false,
-			[]string{"# configuration OK", "warning: accounts[0].client_certificate_file (alerts): the client certificate expires on", "(in 12 days)", "Certificates & secrets"}, nil},
+			[]string{"# configuration OK", "warning: accounts[0].client_certificate_file (alerts): the client certificate expires on", "(in 12 days)", "Certificates & secrets",
+				"#   with     certificate ", "oauthrelay.crt (expires " + soon.Cert.NotAfter.UTC().Format("2006-01-02") + ")"}, nil},
 		{"a year left: no warning", other.CertPEM, other.KeyPEM, false, []string{"# configuration OK"}, []string{"warning:"}},
 		{"key of another certificate", soon.CertPEM, other.KeyPEM, true,
 			[]string{"accounts[0].client_key_file:", "does not belong to the certificate", "-keyout"}, nil},

@@ -180,6 +180,14 @@ func printAccountEndpoints(w io.Writer, c *configs.Config) {
 		ta := daemon.TokenAccounts(&configs.Config{Accounts: []configs.Account{*a}})[0]
 		fmt.Fprintf(w, "# account %s (%s, flow %s):\n", a.Name, what, a.Flow)
 		fmt.Fprintf(w, "#   sign-in  %s\n", a.Authority)
+		cred := ta.Credential()
+		if a.ClientCertificateFile != "" {
+			cred += " " + a.ClientCertificateFile
+			if c, err := tokens.LoadCertificate(a.ClientCertificateFile, a.ClientKeyFile); err == nil {
+				cred += " (expires " + c.Leaf.NotAfter.UTC().Format("2006-01-02") + ")"
+			}
+		}
+		fmt.Fprintf(w, "#   with     %s\n", cred)
 		fmt.Fprintf(w, "#   scopes   %s\n", strings.Join(tokens.ScopesFor(ta), " "))
 		fmt.Fprintf(w, "#   smtp     %s\n", c.SMTPUpstream(a))
 		fmt.Fprintf(w, "#   imap     %s\n", c.IMAPUpstream(a))

@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -194,6 +195,24 @@ func thumbprintHex(x5t, x5tS256 string) string {
 		}
 	}
 	return ""
+}
+
+// ReadCertificate reads the first PEM certificate in file (what an admin
+// uploads to the app registration).
+func ReadCertificate(file string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			return nil, fmt.Errorf("%s holds no PEM certificate", file)
+		}
+		if blk.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(blk.Bytes)
+		}
+	}
 }
 
 // ClientCertificate is a self-signed RSA certificate and its key, as

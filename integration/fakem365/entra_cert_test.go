@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -188,5 +190,21 @@ func TestNewClientCertificate_NotAfter(t *testing.T) {
 	}
 	if !strings.Contains(string(cc.KeyPEM), "BEGIN PRIVATE KEY") || !strings.Contains(string(cc.CertPEM), "BEGIN CERTIFICATE") {
 		t.Error("want PEM certificate and PKCS#8 key")
+	}
+}
+
+func TestReadCertificate_FromAFileWithTheKeyFirst(t *testing.T) {
+	cc, err := NewClientCertificate("oauthrelay", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "both.pem")
+	os.WriteFile(file, append(append([]byte{}, cc.KeyPEM...), cc.CertPEM...), 0o600)
+	got, err := ReadCertificate(file)
+	if err != nil || !got.Equal(cc.Cert) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if _, err := ReadCertificate(filepath.Join(t.TempDir(), "none.pem")); err == nil {
+		t.Error("no error for a missing file")
 	}
 }
