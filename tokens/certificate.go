@@ -100,7 +100,12 @@ func readFile(file, key string) ([]byte, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		fix = "check the path of " + key
 	}
-	return nil, &CertificateError{File: file, Key: key, Problem: "cannot be read: " + errors.Unwrap(err).Error(), Fix: fix, Err: err}
+	why := err.Error()
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		why = pe.Err.Error() // the path is named already
+	}
+	return nil, &CertificateError{File: file, Key: key, Problem: "cannot be read: " + why, Fix: fix, Err: err}
 }
 
 // readLeaf returns the first certificate in file.
