@@ -116,10 +116,12 @@ type Server struct {
 	log     *slog.Logger
 	lockout *lockout.Lockout[netip.Addr]
 	logins  *loginCache
-	// upTLS is the TLS configuration of every upstream connection: one,
-	// so its session cache lets a reconnect resume TLS with Microsoft
-	// instead of verifying the certificate chain again.
-	upTLS *tls.Config
+	// upTLS holds one TLS configuration per upstream host, all sharing
+	// one session cache: a reconnect resumes TLS instead of verifying the
+	// certificate chain again, and a connection does not carry a clone of
+	// its own (which tls.Dialer makes when ServerName is unset).
+	upTLS    map[string]*tls.Config
+	tlsCache tls.ClientSessionCache
 	// ctx ends with Close, so a login waiting for a token or a dial does
 	// not hold Close up.
 	ctx    context.Context
@@ -163,8 +165,8 @@ func New(opts Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, log: opts.Logger, lockout: lockout.New[netip.Addr](freeFailures, opts.LockoutBase, opts.LockoutMax),
 		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
-		upTLS:  &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(16)},
-		ctx:    ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
+		upTLS:  map[string]*tls.Config{}, tlsCache: tls.NewLRUClientSessionCache(64),
+		ctx: ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
 // ServeIMAP accepts IMAP clients on ln until Close.
@@ -413,9 +415,19 @@ func (s *Server) upstream(protocol, account string) string {
 // dial connects to addr with implicit TLS, verified against RootCAs. A
 // token is never sent without TLS.
 func (s *Server) dial(addr string) (*upstreamConn, error) {
-	// The dialer names the server from addr (the certificate is checked
-	// against that host).
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout}, Config: s.upTLS}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	cfg := s.upTLS[host]
+	if cfg == nil {
+		// The certificate is checked against host.
+		cfg = &tls.Config{ServerName: host, RootCAs: s.opts.RootCAs, MinVersion: tls.VersionTLS12, ClientSessionCache: s.tlsCache}
+		s.upTLS[host] = cfg
+	}
+	s.mu.Unlock()
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: s.opts.DialTimeout}, Config: cfg}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.DialTimeout)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)

@@ -59,7 +59,7 @@ func (m *Manager) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	if !a.delegated() {
 		renderResult(w, http.StatusBadRequest, result{Title: "Nothing to connect",
-			Detail: "Account " + a.Name + " uses client credentials (app-only): it needs no sign-in. Its state shows whether its secret and permissions work."})
+			Detail: "Account " + a.Name + " signs in app-only (" + a.Flow + "): it needs no sign-in. Its state shows whether its credential and permissions work."})
 		return
 	}
 	state := randomString(32)
@@ -176,7 +176,7 @@ func (m *Manager) ConnectDevice(ctx context.Context, name string, show func(Devi
 		return "", err
 	}
 	if !a.delegated() {
-		return "", fmt.Errorf("account %s uses client credentials (app-only) and needs no sign-in", name)
+		return "", fmt.Errorf("account %s signs in app-only (%s) and needs no sign-in", name, a.Flow)
 	}
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, m.opts.HTTPClient)
 	da, err := a.oauth.DeviceAuth(ctx)

@@ -31,7 +31,7 @@ func (m *Manager) StartDeviceSignIn(name string) (DeviceSignIn, error) {
 		return DeviceSignIn{}, err
 	}
 	if !a.delegated() {
-		return DeviceSignIn{}, errors.New("account " + name + " uses client credentials (app-only) and needs no sign-in")
+		return DeviceSignIn{}, errors.New("account " + name + " signs in app-only (" + a.Flow + ") and needs no sign-in")
 	}
 	m.pendMu.Lock()
 	if d, ok := m.devices[name]; ok && d.Status == "pending" && m.opts.Now().Before(d.Expires) {

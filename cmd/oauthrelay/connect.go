@@ -67,11 +67,11 @@ delivers the account's waiting mail.
 			if !ok {
 				return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
 			}
-			if acct.Flow == tokens.FlowClientCredentials {
+			if acct.Flow == tokens.FlowClientCredentials || acct.Flow == tokens.FlowServiceAccount {
 				if _, err := m.Token(cmd.Context(), name); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Account %s uses client credentials: no sign-in needed, and a token was fetched successfully.\n", name)
+				fmt.Fprintf(cmd.OutOrStdout(), "Account %s signs in app-only (%s): no sign-in needed, and a token was fetched successfully.\n", name, acct.Flow)
 				return nil
 			}
 			out := cmd.OutOrStdout()
@@ -115,12 +115,12 @@ func connectViaServer(cmd *cobra.Command, api *apiClient, c *configs.Config, nam
 	switch {
 	case flow == "":
 		return exitError{code: 2, err: fmt.Errorf("no account named %q in the configuration", name)}
-	case flow == configs.FlowClientCredentials:
+	case flow == configs.FlowClientCredentials || flow == configs.FlowServiceAccount:
 		var res struct{ Result string }
 		if err := api.call("POST", accountPath(name, "retry"), &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "Account %s uses client credentials: no sign-in needed; the relay fetched a token (%s).\n", name, res.Result)
+		fmt.Fprintf(out, "Account %s signs in app-only (%s): no sign-in needed; the relay fetched a token (%s).\n", name, flow, res.Result)
 		return nil
 	case !device:
 		fmt.Fprintf(out, "The relay is running. Open this in a browser and sign in:\n  %s\n", tokens.ConnectURL(daemon.AdminPublicURL(c), name))

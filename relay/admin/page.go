@@ -218,7 +218,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 			ago(st.UpstreamDownSince), st.UpstreamDown, ago(st.NextProbe))
 	}
 	for _, a := range s.accountStates() {
-		v := accountView{AccountState: a, Delegated: a.Flow != tokens.FlowClientCredentials}
+		v := accountView{AccountState: a, Delegated: a.Flow != tokens.FlowClientCredentials && a.Flow != tokens.FlowServiceAccount}
 		for state, n := range st.ByAccount[a.Account] {
 			if state != queue.MsgFailed {
 				v.Waiting += n
