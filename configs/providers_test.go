@@ -26,7 +26,7 @@ func loadAccount(t *testing.T, extra string) (*Config, Problems) {
 // the account's own upstream and authority, and upstream.addr, still win.
 func TestProfile_CloudKindProviderSetEndpoints(t *testing.T) {
 	cases := []struct {
-		name, extra                          string
+		name, extra                           string
 		authority, smtp, imap, pop3, resource string
 	}{
 		{"default is the global cloud", "", "https://login.microsoftonline.com", "smtp.office365.com:587", "outlook.office365.com:993", "outlook.office365.com:995", "https://outlook.office.com"},

@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +46,7 @@ type Relay struct {
 	cancel          context.CancelFunc
 	wg              sync.WaitGroup
 	unsubscribe     func()
+	certAlerts      *certificateAlerts
 }
 
 // Hooks lets callers (metrics, the demo, tests) observe the relay. Any may be nil.
@@ -80,7 +79,7 @@ func TokenAccounts(c *configs.Config) []tokens.Account {
 		p := a.Profile()
 		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
 			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority, Protocols: a.Protocols,
-			Provider: a.Provider, Resource: p.Resource, AppResource: p.AppResource,
+			Provider: a.Provider, Cloud: a.Cloud, Resource: p.Resource, AppResource: p.AppResource,
 			CertFile: a.ClientCertificateFile, KeyFile: a.ClientKeyFile, ServiceAccountFile: a.ServiceAccountFile})
 	}
 	return out
@@ -181,9 +180,12 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 		}
 	})
 
+	r.certAlerts = &certificateAlerts{tokens: r.Tokens, log: log, now: time.Now}
 	if c.Alert.WebhookURL != "" {
-		notify, stop := webhook(c.Alert.WebhookURL, AdminPublicURL(c), log)
-		cancel := r.Tokens.Subscribe(notify)
+		hook, stop := webhook(c.Alert.WebhookURL, log)
+		publicURL := AdminPublicURL(c)
+		cancel := r.Tokens.Subscribe(func(s tokens.AccountState) { hook(s.Account, stateAlert(s, publicURL)) })
+		r.certAlerts.notify = func(s tokens.AccountState) { hook(s.Account, certificateAlert(s, publicURL)) }
 		prev := r.unsubscribe
 		r.unsubscribe = func() { prev(); cancel(); stop() }
 	}
@@ -233,48 +235,6 @@ func New(c *configs.Config, log *slog.Logger, hooks Hooks) (*Relay, error) {
 	return r, nil
 }
 
-// webhook posts account state changes as JSON to url, in order, from one
-// goroutine (a slow endpoint never blocks the relay; past 64 pending alerts
-// new ones are dropped with a log line). stop ends it.
-func webhook(url, publicURL string, log *slog.Logger) (notify func(tokens.AccountState), stop func()) {
-	client := &http.Client{Timeout: 10 * time.Second}
-	pending := make(chan []byte, 64)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case body := <-pending:
-				resp, err := client.Post(url, "application/json", bytes.NewReader(body))
-				if err != nil {
-					log.Warn("alert webhook failed", "error", err.Error())
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode >= 300 {
-					log.Warn("alert webhook refused", "status", resp.StatusCode)
-				}
-			}
-		}
-	}()
-	notify = func(s tokens.AccountState) {
-		body, _ := json.Marshal(map[string]any{
-			"account": s.Account, "mailbox": s.Mailbox, "state": s.State,
-			"needs_attention": s.State != tokens.Connected,
-			"explanation":     s.Explanation, "connect_url": tokens.ConnectURL(publicURL, s.Account),
-			"time": time.Now().UTC().Format(time.RFC3339),
-		})
-		select {
-		case pending <- body:
-		default:
-			log.Warn("alert webhook backlog full; alert dropped", "account", s.Account, "state", string(s.State))
-		}
-	}
-	var once sync.Once
-	return notify, func() { once.Do(func() { close(done) }) }
-}
-
 // Start listens on listen.addr and admin.addr (and inbound.imap.addr and
 // inbound.pop3.addr when set) and starts background work.
 func (r *Relay) Start() error {
@@ -316,8 +276,9 @@ func (r *Relay) StartWith(smtpLn, adminLn net.Listener) {
 	r.adminLn = admin.LimitListener(adminLn, AdminMaxConns)
 	r.adminSrv = &http.Server{Handler: r.Admin, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32 << 10}
-	r.wg.Add(3)
+	r.wg.Add(4)
 	go func() { defer r.wg.Done(); r.Tokens.Run(ctx) }()
+	go func() { defer r.wg.Done(); r.certAlerts.run(ctx) }()
 	go func() {
 		defer r.wg.Done()
 		if err := r.Listener.Serve(r.smtpLn); err != nil {

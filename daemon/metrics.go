@@ -166,6 +166,7 @@ type stateCollector struct {
 	state  *prometheus.Desc
 	expiry *prometheus.Desc
 	last   *prometheus.Desc
+	cert   *prometheus.Desc
 }
 
 func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
@@ -179,11 +180,12 @@ func newStateCollector(q *queue.Queue, tok *tokens.Manager) *stateCollector {
 		state:  prometheus.NewDesc("oauthrelay_account_state", "1 for the account's current state (connected, needs_reconnect, misconfigured, not_connected, smtp_auth_disabled, smtp_auth_refused).", []string{"account", "state"}, nil),
 		expiry: prometheus.NewDesc("oauthrelay_access_token_expiry_timestamp_seconds", "When the account's current access token expires (Unix time).", []string{"account"}, nil),
 		last:   prometheus.NewDesc("oauthrelay_refresh_token_last_refresh_timestamp_seconds", "When the account's refresh token was last used or renewed (Unix time).", []string{"account"}, nil),
+		cert:   prometheus.NewDesc("oauthrelay_client_certificate_expiry_timestamp_seconds", "When the client certificate of an app-only account expires (Unix time); alert well before it: oauthrelay warns 30 days ahead.", []string{"account"}, nil),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.logB, c.up, c.full, c.state, c.expiry, c.last} {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.bytes, c.logB, c.up, c.full, c.state, c.expiry, c.last, c.cert} {
 		ch <- d
 	}
 }
@@ -209,6 +211,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if !a.LastRefresh.IsZero() {
 			ch <- prometheus.MustNewConstMetric(c.last, prometheus.GaugeValue, float64(a.LastRefresh.Unix()), a.Account)
+		}
+		if !a.CertificateExpiry.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.cert, prometheus.GaugeValue, float64(a.CertificateExpiry.Unix()), a.Account)
 		}
 	}
 	age := 0.0

@@ -133,6 +133,11 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 	if code != 0 {
 		c = fmt.Sprintf("AADSTS%d", code)
 	}
+	if a.certificate() {
+		if st, ex, ok := explainCertificateCode(code, c, a); ok {
+			return st, ex
+		}
+	}
 	switch code {
 	case 65001, 90094:
 		return Misconfigured, Explanation{Code: c,
@@ -188,8 +193,12 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 	}
 	switch oauthErr {
 	case "invalid_client", "unauthorized_client":
+		cred := "client_secret"
+		if a.certificate() {
+			cred = "client_certificate_file (uploaded to the app registration)"
+		}
 		return Misconfigured, Explanation{Code: c, Title: "Entra ID rejected the app registration (" + oauthErr + ")",
-			Action: "check accounts[].client_id, client_secret and tenant"}
+			Action: "check accounts[].client_id, " + cred + " and tenant"}
 	case "invalid_scope":
 		return Misconfigured, Explanation{Code: c, Title: "Entra ID rejected the requested permissions",
 			Action: "add SMTP.Send (delegated) or SMTP.SendAsApp (application) to the app registration"}
@@ -229,6 +238,61 @@ func ExplainSMTPAuth(code int, enhanced string, a Account, signedInAs string) Ex
 			Action: "check who connected the account, grant SMTP.Send, and run Set-CASMailbox -Identity " + a.Mailbox + " -SmtpClientAuthenticationDisabled $false; then press Try again (or Connect to sign in again)"}
 	}
 	return Explanation{Code: c, Title: "Microsoft refused the sign-in", Action: "press Connect and sign in as " + a.Mailbox}
+}
+
+// explainCertificateCode explains the Entra ID errors of a token request
+// made with a client assertion (tokens/certificate.go). The codes and
+// their meanings: learn.microsoft.com's error code reference
+// (entra/identity-platform/reference-error-codes), the Azure SDKs'
+// troubleshooting guides (ClientCertificateCredential and
+// ClientAssertionCredential issues), and Microsoft.Identity.Web's list of
+// certificate errors (700027, 700024, 7000214, 1000502, 7000274, 7000277).
+func explainCertificateCode(code int, c string, a Account) (State, Explanation, bool) {
+	upload := "upload the certificate (the .crt/.pem file named by accounts[].client_certificate_file, " + a.CertFile + " — not the key) to the app registration → Certificates & secrets → Certificates, then press Try again"
+	switch code {
+	case 700027, 7000274:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "Entra ID does not accept the client certificate",
+			Detail: "The client assertion's signature did not verify against a certificate registered on the app: the certificate is not uploaded to this app registration (or was removed, or has expired there), or the key does not belong to it.",
+			Action: upload}, true
+	case 700024:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client assertion is not within its valid time range",
+			Detail: "Entra ID judged the assertion's start (nbf) and expiry (exp) against its own clock: this machine's clock is wrong.",
+			Action: "check the clock: timedatectl should say \"System clock synchronized: yes\" (or chronyc tracking); fix NTP, then press Try again"}, true
+	case 7000214, 7000277:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client certificate has been revoked",
+			Action: "make a new certificate and key, upload the certificate to the app registration (Certificates & secrets), and point accounts[].client_certificate_file and client_key_file at the new files"}, true
+	case 1000502:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client certificate is outside its validity period",
+			Action: "check this machine's clock; if the certificate has expired, make a new one, upload it to the app registration (Certificates & secrets) and replace accounts[].client_certificate_file and client_key_file"}, true
+	case 700021:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client assertion's application ID does not match client_id",
+			Action: "check accounts[].client_id: the Application (client) ID of the app registration the certificate is uploaded to"}, true
+	case 700023:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "the client assertion's audience does not match the tenant",
+			Detail: "The assertion names the token endpoint it was sent to (" + a.endpoint().TokenURL + ").",
+			Action: "check accounts[].tenant and accounts[].cloud (or authority): the tenant's ID or verified domain, in the cloud it lives in"}, true
+	case 50027:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "Entra ID could not read the client assertion",
+			Action: "check accounts[].client_certificate_file and client_key_file with `oauthrelay check-config`; if they are fine, please report this with the log line"}, true
+	case 7000218:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "Entra ID received no client credential",
+			Detail: "This account signs in with a certificate, but the token request reached Entra ID without its client assertion — something between the relay and Entra ID (a proxy) changed the request.",
+			Action: "check that accounts[].client_certificate_file and client_key_file are set, and that no proxy rewrites requests to " + a.Authority}, true
+	case 7000215, 7000222:
+		return Misconfigured, Explanation{Code: c,
+			Title:  "Entra ID refused the app's credential",
+			Detail: "This account signs in with a certificate (accounts[].client_certificate_file), yet Entra ID answered about a client secret.",
+			Action: upload}, true
+	}
+	return "", Explanation{}, false
 }
 
 // explainGmailAuth explains Gmail's refusal of an XOAUTH2 login ("535

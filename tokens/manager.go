@@ -52,6 +52,9 @@ type Account struct {
 	Protocols []string
 	// Provider is "microsoft" (or "") or "google".
 	Provider string
+	// Cloud is the Microsoft cloud (global, usgov, usgov-dod, china; ""
+	// is global), for the status page.
+	Cloud string
 	// Resource names delegated scopes (Resource + "/SMTP.Send"; "" is the
 	// global cloud's https://outlook.office.com); AppResource is what an
 	// app-only token asks for (+ "/.default"; "" is
@@ -69,6 +72,24 @@ type Account struct {
 // token from Connect or device code), not app-only.
 func (a Account) delegated() bool {
 	return a.Flow != FlowClientCredentials && a.Flow != FlowServiceAccount
+}
+
+// certificate reports whether the account signs in with a certificate.
+func (a Account) certificate() bool { return a.Flow == FlowClientCredentials && a.CertFile != "" }
+
+// Credential names how the account signs in, as the status page and
+// `oauthrelay accounts` show it: "delegated sign-in", "client secret",
+// "certificate" or "service account".
+func (a Account) Credential() string {
+	switch {
+	case a.Flow == FlowServiceAccount:
+		return "service account"
+	case a.certificate():
+		return "certificate"
+	case !a.delegated():
+		return "client secret"
+	}
+	return "delegated sign-in"
 }
 
 func (a Account) endpoint() oauth2.Endpoint {
@@ -125,6 +146,17 @@ type AccountState struct {
 	// Sessions are the inbound IMAP/POP3 sessions open now, per protocol;
 	// the admin server fills it in (package inbound counts them).
 	Sessions map[string]int `json:"sessions,omitempty"`
+	// Provider (microsoft, google), Cloud (Microsoft's: global, usgov,
+	// usgov-dod, china) and Credential (Account.Credential) come from the
+	// configuration.
+	Provider   string `json:"provider,omitempty"`
+	Cloud      string `json:"cloud,omitempty"`
+	Credential string `json:"credential,omitempty"`
+	// CertificateExpiry is when the client certificate expires (accounts
+	// with a certificate, once it has been read); CertificateWarning is
+	// set from Options.CertificateWarning before that, and after.
+	CertificateExpiry  time.Time `json:"certificate_expiry,omitzero"`
+	CertificateWarning string    `json:"certificate_warning,omitempty"`
 }
 
 // Options configure a Manager. Timings are fields so tests use milliseconds.
@@ -147,6 +179,9 @@ type Options struct {
 	// TransientRetries are the waits between retries of a transient
 	// failure within one token request. Default 1 s, 4 s.
 	TransientRetries []time.Duration
+	// CertificateWarning: a client certificate that expires within this
+	// shows a warning (AccountState.CertificateWarning). Default 30 days.
+	CertificateWarning time.Duration
 	// OnRefresh, if set, is called after every token request with the
 	// result: "ok", "transient" or "refused".
 	OnRefresh func(account, result string)
@@ -197,6 +232,11 @@ type account struct {
 	refused   map[string]Explanation
 	pendingRT string // a rotated refresh token not yet persisted
 	timer     *time.Timer
+	// certExpiry: the client certificate's NotAfter, as last read.
+	// certStamp: its files' sizes and times when a token request with it
+	// was refused; a change to them (a new certificate) is retried.
+	certExpiry time.Time
+	certStamp  string
 }
 
 // NewManager sets up token sources for opts.Accounts from opts.Store.
@@ -224,6 +264,9 @@ func NewManager(opts Options) (*Manager, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.CertificateWarning <= 0 {
+		opts.CertificateWarning = 30 * 24 * time.Hour
 	}
 	m := &Manager{
 		opts: opts, log: opts.Logger, accounts: map[string]*account{},
@@ -255,6 +298,13 @@ func NewManager(opts Options) (*Manager, error) {
 			ac.cc = &clientcredentials.Config{ClientID: a.ClientID, ClientSecret: a.ClientSecret,
 				TokenURL: a.endpoint().TokenURL, Scopes: a.appScopes(), AuthStyle: oauth2.AuthStyleInParams}
 			ac.state = Connected
+			if a.certificate() {
+				// Read now so the status page shows the expiry and a bad
+				// pair at once; every token request reads the files again.
+				if _, err := m.loadCertificate(ac); err != nil {
+					ac.state, ac.expl, ac.certStamp = Misconfigured, explainCertificate(err), certStamp(a)
+				}
+			}
 		}
 		m.accounts[a.Name] = ac
 		m.order = append(m.order, a.Name)
@@ -392,7 +442,17 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 	} else if a.Flow == FlowServiceAccount {
 		tok, err = a.serviceAccountToken(ctx)
 	} else {
-		tok, err = a.cc.Token(ctx)
+		cc, cerr := m.appCredentials(a)
+		if cerr != nil {
+			ex := explainCertificate(cerr)
+			a.mu.Lock()
+			a.certStamp = certStamp(a.Account)
+			a.mu.Unlock()
+			m.cache.Remove(a.Name)
+			m.setState(a, Misconfigured, ex)
+			return Token{}, &AccountError{Account: a.Name, State: Misconfigured, Explanation: ex}
+		}
+		tok, err = cc.Token(ctx)
 	}
 	if err != nil {
 		st, ex, transient := classify(err, a.Account, m.opts.RedirectURL)
@@ -402,6 +462,9 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 		a.mu.Lock()
 		if a.delegated() {
 			a.failedRT, a.pendingRT = rt, ""
+		}
+		if a.certificate() {
+			a.certStamp = certStamp(a.Account)
 		}
 		a.mu.Unlock()
 		m.cache.Remove(a.Name)
@@ -557,6 +620,10 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 		a.mu.Lock()
 		st, failed, smtpSince := a.state, a.failedRT, a.smtpSince
 		a.mu.Unlock()
+		if a.certificate() && st == Misconfigured {
+			m.retryNewCertificate(ctx, a)
+			continue
+		}
 		if !a.delegated() || st == Connected {
 			continue
 		}
@@ -640,6 +707,17 @@ func (m *Manager) State(name string) AccountState {
 		s.Protocols = []string{"smtp"}
 	}
 	s.Refused = m.Refused(name)
+	s.Provider, s.Cloud, s.Credential = a.Provider, a.Cloud, a.Credential()
+	if s.Provider == "" {
+		s.Provider = "microsoft"
+	}
+	if s.Cloud == "" && s.Provider == "microsoft" {
+		s.Cloud = "global"
+	}
+	a.mu.Lock()
+	s.CertificateExpiry = a.certExpiry
+	a.mu.Unlock()
+	s.CertificateWarning = certificateWarning(s.CertificateExpiry, m.opts.Now(), m.opts.CertificateWarning)
 	if c, ok := m.cache.Peek(name); ok {
 		s.Fingerprint = Fingerprint(c.tok.AccessToken)
 	}

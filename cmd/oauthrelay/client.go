@@ -360,11 +360,12 @@ With --body ID it writes that message's bytes as queued.`,
 }
 
 // printAccounts is the table of `accounts`: each account's state, its
-// protocols and the IMAP/POP3 sessions open now, then, below it, each
-// protocol Microsoft refused with what to do.
+// provider, cloud and credential, its protocols and the IMAP/POP3
+// sessions open now, then, below it, each protocol Microsoft refused and
+// each client certificate that expires soon, with what to do.
 func printAccounts(w io.Writer, states []tokens.AccountState) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMAILBOX\tFLOW\tPROTOCOLS\tOPEN SESSIONS\tTOKEN EXPIRES\tLAST REFRESH\tWHAT TO DO")
+	fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMAILBOX\tFLOW\tSIGNS IN WITH\tPROTOCOLS\tOPEN SESSIONS\tTOKEN EXPIRES\tLAST REFRESH\tWHAT TO DO")
 	var refusals []string
 	for _, s := range states {
 		exp := "-"
@@ -376,6 +377,10 @@ func printAccounts(w io.Writer, states []tokens.AccountState) error {
 			todo = append(todo, s.Explanation.String())
 		} else if len(s.MissingProtocols) > 0 {
 			todo = append(todo, "reconnect to grant "+strings.ToUpper(strings.Join(s.MissingProtocols, ", ")))
+		}
+		if s.CertificateWarning != "" {
+			todo = append(todo, "renew the client certificate (below)")
+			refusals = append(refusals, fmt.Sprintf("%s: %s", s.Account, s.CertificateWarning))
 		}
 		for _, p := range slices.Sorted(maps.Keys(s.Refused)) {
 			todo = append(todo, strings.ToUpper(p)+" logins refused (below)")
@@ -394,7 +399,7 @@ func printAccounts(w io.Writer, states []tokens.AccountState) error {
 		if protocols == "" {
 			protocols = "smtp"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, protocols, sessions, exp, age(s.LastRefresh), strings.Join(todo, "; "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Account, s.State, s.Mailbox, s.Flow, signsInWith(s), protocols, sessions, exp, age(s.LastRefresh), strings.Join(todo, "; "))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -403,6 +408,23 @@ func printAccounts(w io.Writer, states []tokens.AccountState) error {
 		fmt.Fprintln(w, r)
 	}
 	return nil
+}
+
+// signsInWith is an account's provider, cloud and credential:
+// "microsoft/global: certificate (expires 2027-01-05)".
+func signsInWith(s tokens.AccountState) string {
+	if s.Provider == "" { // a relay from before these fields
+		return "-"
+	}
+	out := s.Provider
+	if s.Cloud != "" {
+		out += "/" + s.Cloud
+	}
+	out += ": " + s.Credential
+	if !s.CertificateExpiry.IsZero() {
+		out += " (expires " + s.CertificateExpiry.UTC().Format("2006-01-02") + ")"
+	}
+	return out
 }
 
 func newAccountsCmd() *cobra.Command {

@@ -43,6 +43,19 @@ A device code is approved by opening
 				return err
 			}
 			defer m.Close()
+			certs, _ := cmd.Flags().GetStringArray("client-certificate")
+			for _, cc := range certs {
+				clientID, file, ok := strings.Cut(cc, "=")
+				if !ok || clientID == "" || file == "" {
+					return fmt.Errorf("--client-certificate %q: want CLIENT_ID=FILE", cc)
+				}
+				cert, err := fakem365.ReadCertificate(file)
+				if err != nil {
+					return fmt.Errorf("--client-certificate %s: %w", cc, err)
+				}
+				m.Entra.RegisterCertificate(clientID, cert)
+				fmt.Fprintf(w, "# certificate %s (%s) registered on app %s\n", file, cert.Subject, clientID)
+			}
 			caFile, _ := cmd.Flags().GetString("ca-out")
 			if caFile == "" {
 				caFile = filepath.Join(os.TempDir(), "fakem365-ca.pem")
@@ -66,6 +79,7 @@ A device code is approved by opening
 	cmd.Flags().String("imap-addr", "127.0.0.1:0", "address of the fake IMAP server (implicit TLS, like outlook.office365.com:993)")
 	cmd.Flags().String("pop3-addr", "127.0.0.1:0", "address of the fake POP3 server (implicit TLS, like outlook.office365.com:995)")
 	cmd.Flags().String("state", "", "folder that keeps the CA and issued tokens across restarts")
+	cmd.Flags().StringArray("client-certificate", nil, "CLIENT_ID=FILE: register a PEM certificate on an app (Certificates & secrets), for accounts with client_certificate_file; repeatable")
 	cmd.Flags().String("ca-out", "", "where to write the CA certificate (default: <state>/ca.pem, or the temp folder)")
 	return cmd
 }

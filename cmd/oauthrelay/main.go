@@ -19,6 +19,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/daemon"
@@ -119,8 +120,10 @@ func newCheckConfigCmd() *cobra.Command {
 		Short: "Load and validate the configuration; print it with secrets masked",
 		Long: `check-config loads the configuration exactly as serve would (file,
 OAUTHRELAY_* environment, flags), reports every problem with the key to fix,
-and prints the effective configuration with secrets masked. Exit status 0
-means serve would start with it.`,
+and prints the effective configuration with secrets masked. It also reads
+each app-only account's client certificate and key: a key that does not
+match, or an expired certificate, is a problem; one that expires within 30
+days, a warning. Exit status 0 means serve would start with it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			loaded, err := loadConfig(cmd)
@@ -138,6 +141,13 @@ means serve would start with it.`,
 			}
 			if err != nil {
 				return err
+			}
+			certProblems, certWarnings := checkCertificates(&loaded.Config, time.Now())
+			for _, w := range certWarnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
+			if len(certProblems) > 0 {
+				return exitError{code: 2, err: certProblems}
 			}
 			out, err := configs.Effective(&loaded.Config)
 			if err != nil {
@@ -170,6 +180,14 @@ func printAccountEndpoints(w io.Writer, c *configs.Config) {
 		ta := daemon.TokenAccounts(&configs.Config{Accounts: []configs.Account{*a}})[0]
 		fmt.Fprintf(w, "# account %s (%s, flow %s):\n", a.Name, what, a.Flow)
 		fmt.Fprintf(w, "#   sign-in  %s\n", a.Authority)
+		cred := ta.Credential()
+		if a.ClientCertificateFile != "" {
+			cred += " " + a.ClientCertificateFile
+			if c, err := tokens.LoadCertificate(a.ClientCertificateFile, a.ClientKeyFile); err == nil {
+				cred += " (expires " + c.Leaf.NotAfter.UTC().Format("2006-01-02") + ")"
+			}
+		}
+		fmt.Fprintf(w, "#   with     %s\n", cred)
 		fmt.Fprintf(w, "#   scopes   %s\n", strings.Join(tokens.ScopesFor(ta), " "))
 		fmt.Fprintf(w, "#   smtp     %s\n", c.SMTPUpstream(a))
 		fmt.Fprintf(w, "#   imap     %s\n", c.IMAPUpstream(a))

@@ -3,6 +3,7 @@ package fakem365
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -40,7 +41,9 @@ type Entra struct {
 	deviceInterval int
 	appRoles       []string // the roles claim of app-only tokens
 	authorizeError *AuthorizeError
-	clients        map[string]string // client id -> secret ("" = public client)
+	clients        map[string]string              // client id -> secret ("" = public client)
+	certs          map[string][]*x509.Certificate // client id -> registered certificates (entra_cert.go)
+	jtis           map[string]time.Time           // client assertions seen, until they expire
 	codes          map[string]*codeGrant
 	refresh        map[string]*refreshGrant
 	access         map[string]*AccessGrant
@@ -146,6 +149,8 @@ func newEntraAt(addr string) (*Entra, error) {
 		// relay can use; SetAppRoles narrows it.
 		appRoles: []string{"SMTP.SendAsApp", "IMAP.AccessAsApp", "POP.AccessAsApp"},
 		clients:  map[string]string{},
+		certs:    map[string][]*x509.Certificate{},
+		jtis:     map[string]time.Time{},
 		codes:    map[string]*codeGrant{},
 		refresh:  map[string]*refreshGrant{},
 		access:   map[string]*AccessGrant{},
@@ -421,7 +426,12 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	clientID := f.Get("client_id")
-	if secret, registered := e.clients[clientID]; registered && secret != "" {
+	if f.Has("client_assertion") || f.Has("client_assertion_type") {
+		if af := e.checkAssertion(f, clientID, e.URL+r.URL.Path); af != nil {
+			writeOAuthError(w, http.StatusUnauthorized, "invalid_client", af.code, af.text)
+			return
+		}
+	} else if secret, registered := e.clients[clientID]; registered && secret != "" {
 		switch f.Get("client_secret") {
 		case "":
 			writeFault(w, Fault{Code: 7000218})
@@ -431,6 +441,14 @@ func (e *Entra) token(w http.ResponseWriter, r *http.Request) {
 			writeFault(w, Fault{Code: 7000215})
 			return
 		}
+	} else if len(e.certs[clientID]) > 0 {
+		// A confidential client with only a certificate.
+		if f.Get("client_secret") == "" {
+			writeFault(w, Fault{Code: 7000218})
+		} else {
+			writeFault(w, Fault{Code: 7000215})
+		}
+		return
 	}
 
 	switch grant {

@@ -181,3 +181,34 @@ func TestAdmin_AgoAndBytes(t *testing.T) {
 		}
 	}
 }
+
+// Each account's card says which provider, cloud and credential it uses,
+// with a certificate's expiry, and warns about a certificate expiring soon.
+func TestAdmin_StatusPageShowsCredentialAndCertificateExpiry(t *testing.T) {
+	s := newTestServer(t, nil)
+	exp := time.Date(2027, 1, 5, 12, 0, 0, 0, time.UTC)
+	s.a.states = []tokens.AccountState{
+		{Account: "alerts", Mailbox: "alerts@contoso.test", Flow: tokens.FlowClientCredentials, State: tokens.Connected,
+			Provider: "microsoft", Cloud: "usgov", Credential: "certificate", CertificateExpiry: exp,
+			CertificateWarning: "the client certificate expires on 2027-01-05 (in 12 days): make a new certificate"},
+		{Account: "helpdesk", Mailbox: "helpdesk@contoso.test", Flow: tokens.FlowAuthorizationCode, State: tokens.Connected,
+			Provider: "microsoft", Cloud: "global", Credential: "delegated sign-in"},
+		{Account: "gmail", Mailbox: "ops@example.com", Flow: "service_account", State: tokens.Connected,
+			Provider: "google", Credential: "service account"},
+	}
+	c, _ := s.login(t)
+	page := s.page("GET", "/", c, nil).Body.String()
+	for _, want := range []string{
+		`id="credential-alerts">microsoft · usgov cloud · certificate (expires 2027-01-05)</div>`,
+		`id="certificate-alerts"`, "the client certificate expires on 2027-01-05 (in 12 days)",
+		`id="credential-helpdesk">microsoft · global cloud · delegated sign-in</div>`,
+		`id="credential-gmail">google · service account</div>`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	if strings.Contains(page, `id="certificate-helpdesk"`) {
+		t.Error("a certificate warning on an account without a certificate")
+	}
+}

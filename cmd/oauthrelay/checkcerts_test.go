@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthrelay/oauthrelay/integration/fakem365"
+)
+
+// certConfig writes a configuration with one app-only account signing in
+// with the given certificate and key (PEM).
+func certConfig(t *testing.T, certPEM, keyPEM []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "oauthrelay.crt"), filepath.Join(dir, "oauthrelay.key")
+	os.WriteFile(certFile, certPEM, 0o644)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	file := filepath.Join(dir, "oauthrelay.yaml")
+	os.WriteFile(file, []byte(`
+spool:
+  dir: `+filepath.Join(dir, "spool")+`
+keysafe:
+  path: `+filepath.Join(dir, "keysafe.bin")+`
+accounts:
+  - name: alerts
+    tenant: contoso.com
+    client_id: 11111111-2222-3333-4444-555555555555
+    flow: client_credentials
+    mailbox: alerts@contoso.com
+    senders: ["*@contoso.com"]
+    client_certificate_file: `+certFile+`
+    client_key_file: `+keyFile+`
+`), 0o600)
+	return file
+}
+
+func clientCert(t *testing.T, notAfter time.Time) *fakem365.ClientCertificate {
+	t.Helper()
+	cc, err := fakem365.NewClientCertificate("oauthrelay", notAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc
+}
+
+func TestCheckConfig_ClientCertificate(t *testing.T) {
+	soon := clientCert(t, time.Now().Add(12*24*time.Hour+time.Hour))
+	other := clientCert(t, time.Now().Add(365*24*time.Hour))
+	expired := clientCert(t, time.Now().Add(-48*time.Hour))
+	for _, tc := range []struct {
+		name          string
+		cert, key     []byte
+		exit2         bool
+		want, wantNot []string
+	}{
+		{"expires in 12 days: OK with a warning", soon.CertPEM, soon.KeyPEM, false,
+			[]string{"# configuration OK", "warning: accounts[0].client_certificate_file (alerts): the client certificate expires on", "(in 12 days)", "Certificates & secrets",
+				"#   with     certificate ", "oauthrelay.crt (expires " + soon.Cert.NotAfter.UTC().Format("2006-01-02") + ")"}, nil},
+		{"a year left: no warning", other.CertPEM, other.KeyPEM, false, []string{"# configuration OK"}, []string{"warning:"}},
+		{"key of another certificate", soon.CertPEM, other.KeyPEM, true,
+			[]string{"accounts[0].client_key_file:", "does not belong to the certificate", "-keyout"}, nil},
+		{"expired", expired.CertPEM, expired.KeyPEM, true,
+			[]string{"accounts[0].client_certificate_file:", "expired on " + expired.Cert.NotAfter.UTC().Format("2006-01-02"), "openssl req -x509"}, nil},
+		{"the certificate in the key's place", soon.CertPEM, soon.CertPEM, true,
+			[]string{"accounts[0].client_key_file:", "no PEM private key"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := run(t, "check-config", "--config", certConfig(t, tc.cert, tc.key))
+			var exit exitError
+			if tc.exit2 != (errors.As(err, &exit) && exit.code == 2) {
+				t.Fatalf("exit: %v\n%s", err, out)
+			}
+			if err != nil {
+				out += err.Error()
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(out, w) {
+					t.Errorf("output has %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
