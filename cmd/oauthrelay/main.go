@@ -83,6 +83,7 @@ refreshes and keeps encrypted itself.`,
 		newCheckCmd(),
 		newTokenCmd(),
 		newFakeM365Cmd(),
+		newFakeGoogleCmd(),
 	)
 	return root
 }
