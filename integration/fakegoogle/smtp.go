@@ -56,8 +56,7 @@ type SMTP struct {
 	authOK atomic.Int64
 
 	mu       sync.Mutex
-	messages []Message
-	notify   chan struct{}
+	accepted fakem365.Recorder[Message]
 	faults   map[Stage][]*smtp.SMTPError
 }
 
@@ -72,7 +71,6 @@ func NewSMTP(o *OAuth, ca *fakem365.CA) (*SMTP, error) {
 		Addr:   ln.Addr().String(),
 		OAuth:  o,
 		tlsCfg: &tls.Config{Certificates: []tls.Certificate{ca.Server}, MinVersion: tls.VersionTLS12},
-		notify: make(chan struct{}),
 		faults: map[Stage][]*smtp.SMTPError{},
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -116,32 +114,12 @@ func (l *gListener) Accept() (net.Conn, error) {
 func (s *SMTP) Close() error { return s.server.Close() }
 
 // Messages returns a copy of what was accepted so far.
-func (s *SMTP) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *SMTP) Messages() []Message { return s.accepted.All() }
 
 // WaitMessages blocks until at least n messages were accepted or the
 // timeout passes, and returns what was accepted.
 func (s *SMTP) WaitMessages(n int, timeout time.Duration) []Message {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		s.mu.Lock()
-		if len(s.messages) >= n {
-			out := append([]Message(nil), s.messages...)
-			s.mu.Unlock()
-			return out
-		}
-		ch := s.notify
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-deadline.C:
-			return s.Messages()
-		}
-	}
+	return s.accepted.Wait(n, timeout)
 }
 
 // Connections is how many TCP connections were accepted.
@@ -171,13 +149,7 @@ func (s *SMTP) fault(stage Stage) *smtp.SMTPError {
 	return wire(q[0])
 }
 
-func (s *SMTP) record(m Message) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.messages = append(s.messages, m)
-	close(s.notify)
-	s.notify = make(chan struct{})
-}
+func (s *SMTP) record(m Message) { s.accepted.Add(m) }
 
 type session struct {
 	s       *SMTP

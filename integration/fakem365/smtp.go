@@ -75,8 +75,7 @@ type SMTP struct {
 	counter map[Stage]int
 
 	mu            sync.Mutex
-	messages      []Message
-	notify        chan struct{}
+	accepted      Recorder[Message]
 	faults        map[Stage]map[int]*smtp.SMTPError // stage -> nth (1-based) -> reply
 	nextFaults    map[Stage][]*smtp.SMTPError
 	sendAsCheck   bool
@@ -110,7 +109,6 @@ func newSMTPAt(entra *Entra, ca *CA, addr string) (*SMTP, error) {
 		Addr:         ln.Addr().String(),
 		Entra:        entra,
 		counter:      map[Stage]int{},
-		notify:       make(chan struct{}),
 		faults:       map[Stage]map[int]*smtp.SMTPError{},
 		nextFaults:   map[Stage][]*smtp.SMTPError{},
 		sendAsCheck:  true,
@@ -146,32 +144,12 @@ func (quietLog) Println(...any)        {}
 func (s *SMTP) Close() error { return s.server.Close() }
 
 // Messages returns a copy of what was accepted so far.
-func (s *SMTP) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *SMTP) Messages() []Message { return s.accepted.All() }
 
 // WaitMessages blocks until at least n messages were accepted or the timeout
 // passes, and returns what was accepted.
 func (s *SMTP) WaitMessages(n int, timeout time.Duration) []Message {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		s.mu.Lock()
-		if len(s.messages) >= n {
-			out := append([]Message(nil), s.messages...)
-			s.mu.Unlock()
-			return out
-		}
-		ch := s.notify
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-deadline.C:
-			return s.Messages()
-		}
-	}
+	return s.accepted.Wait(n, timeout)
 }
 
 // Connections is how many TCP connections were accepted.
@@ -483,20 +461,19 @@ func (f *fakeSession) Data(r io.Reader) error {
 		return ReplySendAsDenied(f.mailbox, f.from)
 	}
 	id := randomToken("")
-	s.messages = append(s.messages, Message{
+	msg := Message{
 		Mailbox: f.mailbox, From: f.from, To: append([]string(nil), f.to...),
 		UTF8: f.opts.UTF8, Body: f.opts.Body, Data: buf.Bytes(), Accepted: time.Now(),
 		MailOptions: f.opts, RcptOptions: append([]smtp.RcptOptions(nil), f.rcptOpt...),
-	})
+	}
 	s.sent = append(s.sent, time.Now())
 	if s.deliver != nil {
-		s.deliver(s.messages[len(s.messages)-1])
+		s.deliver(msg)
 	}
 	if s.onMessage != nil {
-		go s.onMessage(s.messages[len(s.messages)-1])
+		go s.onMessage(msg)
 	}
-	close(s.notify)
-	s.notify = make(chan struct{})
+	s.accepted.Add(msg)
 	// go-smtp writes an *SMTPError's code as is, which lets the fake answer
 	// with Microsoft's 250 text.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
