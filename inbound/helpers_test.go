@@ -69,7 +69,7 @@ func (f *fakeTokens) AuthRefused(account, protocol, reply string) tokens.Explana
 }
 
 // testTLS is a self-signed certificate for 127.0.0.1 and a pool trusting it.
-func testTLS(t *testing.T) (*tls.Config, *x509.CertPool) {
+func testTLS(t testing.TB) (*tls.Config, *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -113,7 +113,7 @@ func (u *fakeUpstream) checkXOAUTH2(b64 string) bool {
 	return ok && ok2 && user == "user="+testMailbox && u.good[tok]
 }
 
-func startUpstream(t *testing.T, cfg *tls.Config, good []string, handle func(u *fakeUpstream, c net.Conn, r *bufio.Reader)) *fakeUpstream {
+func startUpstream(t testing.TB, cfg *tls.Config, good []string, handle func(u *fakeUpstream, c net.Conn, r *bufio.Reader)) *fakeUpstream {
 	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
@@ -247,7 +247,7 @@ func pop3Upstream(msg string) func(u *fakeUpstream, c net.Conn, r *bufio.Reader)
 
 // writeUsers writes a users file of "user:hash[:account]" lines (bcrypt at
 // its lowest cost, for speed).
-func writeUsers(t *testing.T, lines ...string) string {
+func writeUsers(t testing.TB, lines ...string) string {
 	t.Helper()
 	var b strings.Builder
 	for _, l := range lines {
@@ -293,7 +293,7 @@ func (w syncWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-func newHarness(t *testing.T, pool *x509.CertPool, imapUp, popUp string, toks *fakeTokens, tune func(*Options)) *harness {
+func newHarness(t testing.TB, pool *x509.CertPool, imapUp, popUp string, toks *fakeTokens, tune func(*Options)) *harness {
 	t.Helper()
 	users, err := LoadUsers(writeUsers(t, testMailbox+":s3cret pw", "app:apppw:"+testAccount), map[string]string{testAccount: testMailbox, "other": "x@y.z"})
 	if err != nil {
