@@ -48,7 +48,7 @@ func (s *Server) uiAction(w http.ResponseWriter, r *http.Request) {
 		res := s.opts.Queue.Flush()
 		msg = fmt.Sprintf("%d messages will be tried now.", res.Scheduled)
 		if res.Held != "" {
-			msg = fmt.Sprintf("%d messages will go as soon as Microsoft 365 can be reached: %s.", res.Scheduled, res.Held)
+			msg = fmt.Sprintf("%d messages will go as soon as the upstream can be reached: %s.", res.Scheduled, res.Held)
 		}
 		for account, n := range res.Paused {
 			msg += fmt.Sprintf(" %d of account %s wait because it is paused: %s.", n, account, res.Why[account])
@@ -214,7 +214,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		d.Oldest = ago(st.Oldest)
 	}
 	if st.UpstreamDown != "" {
-		d.Outage = fmt.Sprintf("Microsoft 365 cannot be reached (since %s): %s. All mail is held without using up attempts; next probe %s.",
+		d.Outage = fmt.Sprintf("The upstream mail service cannot be reached (since %s): %s. All mail is held without using up attempts; next probe %s.",
 			ago(st.UpstreamDownSince), st.UpstreamDown, ago(st.NextProbe))
 	}
 	for _, a := range s.accountStates() {
@@ -346,10 +346,10 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 <p class="muted">{{if .ConsentedBy}}Signed in as {{.ConsentedBy}} {{ago .ConsentedAt}}.<br>{{end}}
 Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry.Format "2006-01-02 15:04 MST"}}{{if .Fingerprint}} ({{.Fingerprint}}){{end}}{{end}}.
 {{if not .LastRefresh.IsZero}}Last refresh {{ago .LastRefresh}}.{{end}}</p>
-{{if eq .Flow "device_code"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/device"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="connect-{{.Account}}" title="shows a code to enter at Microsoft's sign-in page">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</button></form>
+{{if eq .Flow "device_code"}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/device"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="connect-{{.Account}}" title="shows a code to enter at the sign-in page">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</button></form>
 {{else if .Delegated}}<a class="btn" id="connect-{{.Account}}" href="/connect/{{.Account}}">{{if eq (string .State) "connected"}}Reconnect{{else}}Connect{{end}}</a>{{end}}
-{{if or (ne (string .State) "connected") .Refused}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on Microsoft's side">Try again</button></form>{{end}}
-<form class="inline" method="post" action="/ui/accounts/{{.Account}}/test"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light" id="test-{{.Account}}" title="sign in to Microsoft without sending">Test</button></form>
+{{if or (ne (string .State) "connected") .Refused}}<form class="inline" method="post" action="/ui/accounts/{{.Account}}/retry"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn" id="retry-{{.Account}}" title="after fixing it on the provider's side">Try again</button></form>{{end}}
+<form class="inline" method="post" action="/ui/accounts/{{.Account}}/test"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light" id="test-{{.Account}}" title="sign in upstream without sending">Test</button></form>
 </div>{{end}}
 </div></section>
 
@@ -369,7 +369,7 @@ Access token: {{if .AccessExpiry.IsZero}}none yet{{else}}expires {{.AccessExpiry
 </table></div></section>{{end}}
 
 <section><h2>Recent failures</h2>{{if .Failures}}<div class="scroll"><table>
-<tr><th>message</th><th class="hide">to</th><th>Microsoft answered</th><th></th></tr>
+<tr><th>message</th><th class="hide">to</th><th>upstream answered</th><th></th></tr>
 {{range .Failures}}<tr><td><code>{{.ID}}</code><br><span class="muted">{{.From}} · {{.Account}} · {{.When}}{{if .Bounced}} · sender notified{{end}}</span></td>
 <td class="hide">{{.Recipients}}</td><td><code>{{.Reply}}</code><br><span class="muted">{{.Meaning}}</span></td>
 <td><form class="inline" method="post" action="/ui/failed/{{.ID}}/requeue"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button class="btn light">Requeue</button></form>
