@@ -52,7 +52,7 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 				s.Fix += " (" + ae.Explanation.URL + ")"
 			}
 		} else {
-			s.Fix = "the token endpoint could not be reached: check DNS, the firewall (outbound HTTPS to login.microsoftonline.com) and any proxy (HTTPS_PROXY)"
+			s.Fix = "the token endpoint could not be reached: check DNS, the firewall (outbound HTTPS to the account's sign-in service: `oauthrelay check-config` prints it) and any proxy (HTTPS_PROXY)"
 		}
 		add(s)
 		return done()
@@ -135,15 +135,15 @@ func connectFix(aerr *attemptError) string {
 	t := aerr.reply.Text
 	switch {
 	case strings.Contains(t, "no such host"), strings.Contains(t, "server misbehaving"):
-		return "the upstream's name does not resolve: check DNS on this machine and upstream.addr"
+		return "the upstream's name does not resolve: check DNS on this machine and the account's upstream (`oauthrelay check-config` prints it)"
 	case strings.Contains(t, "connection refused"), strings.Contains(t, "i/o timeout"), strings.Contains(t, "network is unreachable"):
-		return "check that this machine may open outbound TCP connections to upstream.addr (port 587: firewalls and some hosting providers block it)"
+		return "check that this machine may open outbound TCP connections to the account's upstream (port 587: firewalls and some hosting providers block it)"
 	case strings.Contains(t, "certificate"):
 		return "the upstream's TLS certificate is not trusted: a TLS-inspecting proxy? add its CA with upstream.ca_file"
 	case aerr.reply.Code == 421:
-		return "Microsoft is refusing connections for now (421); the relay backs off and retries by itself"
+		return "the upstream is refusing connections for now (421); the relay backs off and retries by itself"
 	}
-	return "see the reply above; check upstream.addr and upstream.tls"
+	return "see the reply above; check the account's upstream (`oauthrelay check-config` prints it) and upstream.tls"
 }
 
 func tlsVersion(v uint16) string {
