@@ -35,8 +35,18 @@ delivers the account's waiting mail.
              sign-in is done`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			loaded, err := mustLoad(func() (*configs.Loaded, error) { return loadConfig(cmd) })
-			if err != nil {
+			// Through a running relay only the admin keys matter (its
+			// accounts' secrets are the service's, perhaps systemd
+			// credentials this shell cannot see); signing in here itself
+			// needs the whole configuration, checked below.
+			file, _ := cmd.Flags().GetString("config")
+			loaded, fullErr := configs.Load(configs.LoadOptions{File: file, Flags: cmd.Flags()})
+			if loaded == nil {
+				return exitError{code: 2, err: fullErr}
+			}
+			var ps configs.Problems
+			if errors.As(fullErr, &ps) && len(onlyProblemsAbout(ps, clientKeys)) > 0 {
+				_, err := mustLoad(func() (*configs.Loaded, error) { return loaded, fullErr })
 				return err
 			}
 			c := &loaded.Config
@@ -57,6 +67,9 @@ delivers the account's waiting mail.
 				case !isUnreachable(err):
 					return fmt.Errorf("the relay is running at %s but refused the CLI (%v); fix the admin token, or stop serve to connect offline", api.base, err)
 				}
+			}
+			if _, err := mustLoad(func() (*configs.Loaded, error) { return loaded, fullErr }); err != nil {
+				return err
 			}
 			log := newLogger(c.Log, os.Stderr)
 			m, err := daemon.OpenTokens(c, log, nil)

@@ -95,6 +95,14 @@ func loadConfig(cmd *cobra.Command) (*configs.Loaded, error) {
 	loaded, err := configs.Load(configs.LoadOptions{File: file, Flags: cmd.Flags()})
 	if loaded != nil {
 		loaded.Warnings = onlyWarningsAbout(loaded.Warnings, keysUsed(cmd))
+		var ps configs.Problems
+		if errors.As(err, &ps) {
+			if ps = onlyProblemsAbout(ps, keysUsed(cmd)); len(ps) == 0 {
+				err = nil
+			} else {
+				err = ps
+			}
+		}
 	}
 	return loaded, err
 }

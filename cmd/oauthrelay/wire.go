@@ -41,6 +41,9 @@ func mustLoad(cmdLoad func() (*configs.Loaded, error)) (*configs.Loaded, error) 
 	return loaded, nil
 }
 
+// clientKeys are what a command that talks to a running relay reads.
+var clientKeys = []string{"admin.addr", "admin.token", "admin.token_file", "keysafe.path", "spool.dir"}
+
 // keysUsed lists the config keys cmd reads, or nil if it reads them all.
 // The client commands talk to a running relay and need only its addresses
 // and the admin token, so an unset ${VAR} in an account's secret is serve's
@@ -52,11 +55,22 @@ func keysUsed(cmd *cobra.Command) []string {
 	}
 	switch top.Name() {
 	case "accounts", "queue", "health", "check", "token":
-		return []string{"admin.addr", "admin.token", "admin.token_file", "keysafe.path", "spool.dir"}
+		return clientKeys
 	case "send":
 		return []string{"listen.addr"}
 	}
 	return nil
+}
+
+// onlyProblemsAbout keeps the problems about keys (all if keys is nil, and
+// any that names no key): a client command run as root, without the
+// service's environment or its systemd credentials, must not fail on an
+// account's secret that only serve reads.
+func onlyProblemsAbout(ps configs.Problems, keys []string) configs.Problems {
+	if keys == nil {
+		return ps
+	}
+	return slices.DeleteFunc(ps, func(p configs.Problem) bool { return p.Key != "" && !slices.Contains(keys, p.Key) })
 }
 
 // onlyWarningsAbout keeps the warnings about keys (all if keys is nil).
