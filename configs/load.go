@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
+
 	"github.com/spf13/pflag"
 )
 
@@ -183,7 +185,7 @@ func resolveSecrets(c *Config) Problems {
 			p = append(p, Problem{Key: key, Msg: fmt.Sprintf("set together with %s_file — keep only one", key)})
 			return
 		}
-		b, err := os.ReadFile(file)
+		b, err := credfile.Read(file)
 		if err != nil {
 			p = append(p, Problem{Key: key + "_file", Msg: fmt.Sprintf("cannot read %s: %v — check the path and that the relay's user may read it", file, errors.Unwrap(err))})
 			return
@@ -209,7 +211,7 @@ func checkKeyFile(keyFile, keysafePath string) Problems {
 	if keyFile == "" {
 		keyFile = keysafePath + ".key"
 	}
-	raw, err := os.ReadFile(keyFile)
+	raw, err := credfile.Read(keyFile)
 	switch {
 	case err == nil:
 		if what := keysafeKeyProblem(string(raw)); what != "" {

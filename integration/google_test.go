@@ -191,3 +191,44 @@ func TestGoogle_BounceNamesGmail(t *testing.T) {
 		}
 	}
 }
+
+// A service account key file that cannot be used (its private_key not a
+// PEM RSA key, a FIFO, …) is the account's configuration, not an outage:
+// check-config refuses it, the account is misconfigured, mail waits
+// without using attempts, and a fixed file releases it without a restart.
+func TestGoogle_BadServiceAccountKeyIsMisconfiguredUntilFixed(t *testing.T) {
+	t.Parallel()
+	var sa *fakegoogle.ServiceAccount
+	var keyFile string
+	h, g := googleHarness(t, configs.FlowServiceAccount, func(c *configs.Config, g *fakegoogle.Google) {
+		var err error
+		if sa, err = g.OAuth.NewServiceAccount(googleSAEmail); err != nil {
+			t.Fatal(err)
+		}
+		keyFile = filepath.Join(t.TempDir(), "sa.json")
+		bad := strings.Replace(string(sa.JSON), "-----BEGIN PRIVATE KEY-----", "-----BEGIN EC PRIVATE KEY-----", 1)
+		os.WriteFile(keyFile, []byte(bad), 0o600)
+		c.Accounts[0].ServiceAccountFile = keyFile
+	})
+	g.OAuth.GrantDelegation(sa.ClientID, tokens.GoogleScope)
+	st := h.relay.Tokens.State("helpdesk")
+	if st.State != tokens.Misconfigured || !strings.Contains(st.Explanation.String(), "service_account_file") || !strings.Contains(st.Explanation.String(), keyFile) {
+		t.Fatalf("at start: %s: %s", st.State, st.Explanation.String())
+	}
+	reply, err := send(h.relay.SMTPAddr(), gmailbox, []string{"bob@example.com"}, message(1, gmailbox, "bob@example.com", ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(t, reply)
+	waitFor(t, "account paused", 10*time.Second, func() bool { return messageState(h.relay, id) == queue.MsgPaused })
+	if m, _ := h.relay.Queue.Get(id); m.Attempts != 0 {
+		t.Errorf("a paused message used %d attempts", m.Attempts)
+	}
+	if g.OAuth.Requests(fakegoogle.GrantJWTBearer) != 0 {
+		t.Error("a token request was sent with a key that cannot be used")
+	}
+	os.WriteFile(keyFile, sa.JSON, 0o600) // fixed: the right key
+	if got := g.SMTP.WaitMessages(1, 15*time.Second); len(got) != 1 {
+		t.Fatalf("after the fix, Gmail got %d messages", len(got))
+	}
+}

@@ -54,26 +54,30 @@ func (m *Manager) loadCertificate(a *account) (*Certificate, error) {
 	return c, nil
 }
 
-// explainCertificate is the account's explanation for a certificate pair
-// that cannot be used.
+// explainCertificate is the account's explanation for a credential file
+// (certificate pair, service account key) that cannot be used.
 func explainCertificate(err error) Explanation {
 	var ce *CertificateError
 	if !errors.As(err, &ce) {
 		return Explanation{Title: "the client certificate cannot be used", Detail: err.Error(),
 			Action: "check accounts[].client_certificate_file and client_key_file"}
 	}
+	title := "the client certificate cannot be used"
+	if ce.Key == "service_account_file" {
+		title = "the service account's key file cannot be used"
+	}
 	return Explanation{
-		Title:  "the client certificate cannot be used",
-		Detail: ce.File + " " + ce.Problem + ".",
+		Title:  title + ": " + ce.File + " " + ce.Problem,
 		Action: "accounts[]." + ce.Key + ": " + ce.Fix,
 	}
 }
 
-// certStamp identifies the current contents of a's certificate files by
-// size and modification time.
+// certStamp identifies the current contents of a's credential files (the
+// certificate pair, the service account key) by size and modification
+// time.
 func certStamp(a Account) string {
 	s := ""
-	for _, f := range []string{a.CertFile, a.KeyFile} {
+	for _, f := range []string{a.CertFile, a.KeyFile, a.ServiceAccountFile} {
 		if fi, err := os.Stat(f); err == nil {
 			s += fmt.Sprintf("%d:%d;", fi.Size(), fi.ModTime().UnixNano())
 		} else {

@@ -22,8 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 )
 
 // ClientAssertionType is the token request's client_assertion_type for a
@@ -45,12 +46,13 @@ type Certificate struct {
 	key               *rsa.PrivateKey
 }
 
-// CertificateError says which file of an account's certificate pair is
-// wrong, how, and what to do about it.
+// CertificateError says which of an account's credential files is wrong,
+// how, and what to do about it: the certificate pair, or a Google service
+// account's JSON key.
 type CertificateError struct {
 	File string // the file at fault
-	// Key is the configuration key naming it: "client_certificate_file"
-	// or "client_key_file".
+	// Key is the configuration key naming it: "client_certificate_file",
+	// "client_key_file" or "service_account_file".
 	Key     string
 	Problem string
 	Fix     string
@@ -83,6 +85,11 @@ func LoadCertificate(certFile, keyFile string) (*Certificate, error) {
 			Problem: fmt.Sprintf("the certificate holds a %s public key; Entra ID accepts client assertions signed with RSA only", keyAlgorithm(leaf.PublicKey)),
 			Fix:     makeKeyPair}
 	}
+	if n := key.N.BitLen(); n < 2048 {
+		return nil, &CertificateError{File: keyFile, Key: "client_key_file",
+			Problem: fmt.Sprintf("is a %d-bit RSA key; Entra ID requires at least 2048 bits", n),
+			Fix:     makeKeyPair}
+	}
 	if !pub.Equal(&key.PublicKey) {
 		return nil, &CertificateError{File: keyFile, Key: "client_key_file",
 			Problem: "this private key does not belong to the certificate " + certFile + " (" + leaf.Subject.String() + ", SHA-1 thumbprint " + fmt.Sprintf("%X", sha1.Sum(leaf.Raw)) + ")",
@@ -92,13 +99,16 @@ func LoadCertificate(certFile, keyFile string) (*Certificate, error) {
 }
 
 func readFile(file, key string) ([]byte, error) {
-	b, err := os.ReadFile(file)
+	b, err := credfile.Read(file)
 	if err == nil {
 		return b, nil
 	}
 	fix := "check the path and that the relay's user may read it"
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		fix = "check the path of " + key
+	case errors.Is(err, credfile.ErrNotRegular):
+		fix = "name a regular file holding the PEM in " + key
 	}
 	why := err.Error()
 	var pe *fs.PathError

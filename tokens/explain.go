@@ -104,10 +104,6 @@ func (a Account) AdminConsentURL(redirectURI string) string {
 // reports it transient.
 func classify(err error, a Account, redirectURI string) (State, Explanation, bool) {
 	var re *oauth2.RetrieveError
-	if errCredentialFile(err) {
-		return Misconfigured, Explanation{Title: "the account's credential file cannot be used", Detail: err.Error(),
-			Action: "fix the file named, then press Try again"}, false
-	}
 	if !errors.As(err, &re) {
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, ErrTransient) {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 )
 
 // Record is what the keysafe keeps for one account.
@@ -311,7 +313,7 @@ func LoadKey(keyB64, keyFile, keysafePath string, log *slog.Logger) ([]byte, err
 	if keyFile == "" {
 		keyFile = keysafePath + ".key"
 	}
-	raw, err := os.ReadFile(keyFile)
+	raw, err := credfile.Read(keyFile)
 	if err == nil {
 		key, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
 		if derr != nil || len(key) != 32 {

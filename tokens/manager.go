@@ -77,6 +77,11 @@ func (a Account) delegated() bool {
 // certificate reports whether the account signs in with a certificate.
 func (a Account) certificate() bool { return a.Flow == FlowClientCredentials && a.CertFile != "" }
 
+// credentialFiles reports whether the account signs in with files the
+// relay reads at every token request: a certificate pair, or a Google
+// service account's key.
+func (a Account) credentialFiles() bool { return a.certificate() || a.Flow == FlowServiceAccount }
+
 // Credential names how the account signs in, as the status page and
 // `oauthrelay accounts` show it: "delegated sign-in", "client secret",
 // "certificate" or "service account".
@@ -305,6 +310,11 @@ func NewManager(opts Options) (*Manager, error) {
 					ac.state, ac.expl, ac.certStamp = Misconfigured, explainCertificate(err), certStamp(a)
 				}
 			}
+			if a.Flow == FlowServiceAccount {
+				if _, err := ReadServiceAccount(a.ServiceAccountFile); err != nil {
+					ac.state, ac.expl, ac.certStamp = Misconfigured, explainCertificate(err), certStamp(a)
+				}
+			}
 		}
 		m.accounts[a.Name] = ac
 		m.order = append(m.order, a.Name)
@@ -439,11 +449,21 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 			return Token{}, &AccountError{Account: a.Name, State: st, Explanation: ex}
 		}
 		tok, err = a.oauth.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
-	} else if a.Flow == FlowServiceAccount {
-		tok, err = a.serviceAccountToken(ctx)
 	} else {
-		cc, cerr := m.appCredentials(a)
-		if cerr != nil {
+		var cerr error
+		if a.Flow == FlowServiceAccount {
+			tok, cerr = a.serviceAccountToken(ctx)
+			var ce *CertificateError
+			if !errors.As(cerr, &ce) {
+				err, cerr = cerr, nil // the request's own outcome, classified below
+			}
+		} else {
+			var cc *clientcredentials.Config
+			if cc, cerr = m.appCredentials(a); cerr == nil {
+				tok, err = cc.Token(ctx)
+			}
+		}
+		if cerr != nil { // a credential file that cannot be used: nothing was sent
 			ex := explainCertificate(cerr)
 			a.mu.Lock()
 			a.certStamp = certStamp(a.Account)
@@ -452,7 +472,6 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 			m.setState(a, Misconfigured, ex)
 			return Token{}, &AccountError{Account: a.Name, State: Misconfigured, Explanation: ex}
 		}
-		tok, err = cc.Token(ctx)
 	}
 	if err != nil {
 		st, ex, transient := classify(err, a.Account, m.opts.RedirectURL)
@@ -463,7 +482,7 @@ func (m *Manager) refreshOnce(ctx context.Context, a *account) (Token, error) {
 		if a.delegated() {
 			a.failedRT, a.pendingRT = rt, ""
 		}
-		if a.certificate() {
+		if a.credentialFiles() {
 			a.certStamp = certStamp(a.Account)
 		}
 		a.mu.Unlock()
@@ -620,7 +639,7 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 		a.mu.Lock()
 		st, failed, smtpSince := a.state, a.failedRT, a.smtpSince
 		a.mu.Unlock()
-		if a.certificate() && st == Misconfigured {
+		if a.credentialFiles() && st == Misconfigured {
 			m.retryNewCertificate(ctx, a)
 			continue
 		}

@@ -2,13 +2,17 @@ package tokens
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"slices"
 	"strings"
 
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/jwt"
 )
@@ -141,22 +145,69 @@ type serviceAccountKey struct {
 	ClientEmail  string `json:"client_email"`
 	PrivateKeyID string `json:"private_key_id"`
 	PrivateKey   string `json:"private_key"`
-	TokenURI     string `json:"token_uri"`
 }
 
-// readServiceAccount reads a's JSON key; every token request reads it
-// again, so a rotated key is picked up without a restart.
-func readServiceAccount(path string) (serviceAccountKey, error) {
+const downloadKey = "download a new JSON key: Google Cloud console > IAM & Admin > Service accounts > the account > Keys > Add key > JSON, and point service_account_file at it"
+
+// ReadServiceAccount reads and checks a Google service account's JSON key
+// file as a token request would; every problem is a *CertificateError
+// naming service_account_file. Every token request reads the file again,
+// so a rotated key is picked up without a restart.
+func ReadServiceAccount(path string) (serviceAccountKey, error) {
+	const key = "service_account_file"
 	var k serviceAccountKey
-	b, err := os.ReadFile(path)
+	bad := func(problem, fix string) error {
+		return &CertificateError{File: path, Key: key, Problem: problem, Fix: fix}
+	}
+	b, err := credfile.Read(path)
 	if err != nil {
-		return k, fmt.Errorf("service_account_file: %w", err)
+		var pe *fs.PathError
+		why := err.Error()
+		if errors.As(err, &pe) {
+			why = pe.Err.Error()
+		}
+		return k, &CertificateError{File: path, Key: key, Problem: "cannot be read: " + why,
+			Fix: "check the path and that the relay's user may read it", Err: err}
 	}
 	if err := json.Unmarshal(b, &k); err != nil {
-		return k, fmt.Errorf("service_account_file %s is not a JSON key file: %v — download one in Google Cloud console: IAM > Service accounts > Keys > Add key > JSON", path, err)
+		return k, bad("is not a JSON key file ("+err.Error()+")", downloadKey)
 	}
-	if k.Type != "service_account" || k.ClientEmail == "" || k.PrivateKey == "" {
-		return k, fmt.Errorf("service_account_file %s is not a service account key (type %q) — download one in Google Cloud console: IAM > Service accounts > Keys > Add key > JSON", path, k.Type)
+	var missing []string
+	for _, f := range []struct{ name, val string }{{"type", k.Type}, {"client_email", k.ClientEmail}, {"private_key", k.PrivateKey}} {
+		if f.val == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return k, bad("lacks "+strings.Join(missing, ", ")+" — it is not a service account key", downloadKey)
+	case k.Type != "service_account":
+		return k, bad(fmt.Sprintf("is a key of type %q, not a service account's (an OAuth client's file goes into client_id and client_secret)", k.Type), downloadKey)
+	}
+	// A key pasted with its line breaks as the two characters \\n.
+	k.PrivateKey = strings.ReplaceAll(k.PrivateKey, `\n`, "\n")
+	blk, _ := pem.Decode([]byte(k.PrivateKey))
+	if blk == nil {
+		return k, bad("has a private_key that is not a PEM key (-----BEGIN PRIVATE KEY-----)", downloadKey)
+	}
+	var pk any
+	switch blk.Type {
+	case "PRIVATE KEY":
+		pk, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+	case "RSA PRIVATE KEY":
+		pk, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+	default:
+		return k, bad("has a private_key of type "+blk.Type+" (encrypted, or not a private key)", downloadKey)
+	}
+	if err != nil {
+		return k, bad("has a private_key that cannot be parsed: "+err.Error(), downloadKey)
+	}
+	rk, ok := pk.(*rsa.PrivateKey)
+	if !ok {
+		return k, bad(fmt.Sprintf("has a %T private_key; Google signs service accounts' requests with RSA", pk), downloadKey)
+	}
+	if rk.N.BitLen() < 2048 {
+		return k, bad(fmt.Sprintf("has a %d-bit RSA key; Google's are 2048 bits", rk.N.BitLen()), downloadKey)
 	}
 	return k, nil
 }
@@ -164,30 +215,19 @@ func readServiceAccount(path string) (serviceAccountKey, error) {
 // serviceAccountToken signs in as a.Mailbox with a's service account:
 // the JWT bearer grant with sub = the mailbox (domain-wide delegation).
 // x/oauth2/jwt does the grant; its sibling package x/oauth2/google would
-// read the key file too but pulls in the GCE metadata client.
+// read the key file too but pulls in the GCE metadata client. The file's
+// token_uri is not used: the assertion goes to Google's token endpoint (or
+// the account's authority), wherever an edited file would send it.
 func (a Account) serviceAccountToken(ctx context.Context) (*oauth2.Token, error) {
-	k, err := readServiceAccount(a.ServiceAccountFile)
+	k, err := ReadServiceAccount(a.ServiceAccountFile)
 	if err != nil {
-		return nil, &credentialFileError{err: err}
+		return nil, err
 	}
-	tokenURL := k.TokenURI
-	if tokenURL == "" {
-		tokenURL = googleTokenURL
-	}
-	if base := strings.TrimRight(a.Authority, "/"); base != "" && base != googleAuthority {
-		tokenURL = base + "/token"
-	}
+	tokenURL := a.googleEndpoint().TokenURL
 	cfg := &jwt.Config{Email: k.ClientEmail, PrivateKey: []byte(k.PrivateKey), PrivateKeyID: k.PrivateKeyID,
 		Subject: a.Mailbox, Scopes: a.appScopes(), TokenURL: tokenURL}
 	return cfg.TokenSource(ctx).Token()
 }
-
-// credentialFileError is a credential file the relay could not use: a
-// configuration problem, not a refusal by the provider.
-type credentialFileError struct{ err error }
-
-func (e *credentialFileError) Error() string { return e.err.Error() }
-func (e *credentialFileError) Unwrap() error { return e.err }
 
 // classifyGoogle explains an error of Google's token endpoint
 // ({"error": ..., "error_description": ...}).
@@ -246,11 +286,4 @@ func classifyGoogle(re *oauth2.RetrieveError, a Account) (State, Explanation) {
 // the Gmail scope covers every protocol.
 func googleGranted(granted []string) bool {
 	return slices.Contains(granted, GoogleScope)
-}
-
-// errCredentialFile reports whether err is a credential file the relay
-// could not read.
-func errCredentialFile(err error) bool {
-	var ce *credentialFileError
-	return errors.As(err, &ce)
 }

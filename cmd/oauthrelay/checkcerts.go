@@ -14,8 +14,8 @@ import (
 // check-config (like the running relay) starts to warn.
 const certificateWarning = 30 * 24 * time.Hour
 
-// checkCertificates reads each account's client certificate and key as a
-// token request would: a pair that cannot be used, or an expired
+// checkCertificates reads each account's client certificate and key, and
+// each Google service account's key file, as a token request would: a pair that cannot be used, or an expired
 // certificate, is a problem; one that expires within 30 days, a warning.
 // A file this user may not read is a warning only: check-config often runs
 // as another user than serve.
@@ -23,6 +23,17 @@ func checkCertificates(c *configs.Config, now time.Time) (configs.Problems, []st
 	var problems configs.Problems
 	var warnings []string
 	for i, a := range c.Accounts {
+		if a.Flow == configs.FlowServiceAccount && a.ServiceAccountFile != "" {
+			_, err := tokens.ReadServiceAccount(a.ServiceAccountFile)
+			var ce *tokens.CertificateError
+			switch {
+			case err == nil:
+			case errors.As(err, &ce) && errors.Is(err, fs.ErrPermission):
+				warnings = append(warnings, fmt.Sprintf("accounts[%d].service_account_file: %s cannot be read by this user, so it was not checked — make sure the user serve runs as can read it", i, ce.File))
+			case errors.As(err, &ce):
+				problems = append(problems, configs.Problem{Key: fmt.Sprintf("accounts[%d].service_account_file", i), Msg: ce.File + " " + ce.Problem + " — " + ce.Fix})
+			}
+		}
 		if a.ClientCertificateFile == "" || a.ClientKeyFile == "" {
 			continue
 		}

@@ -90,3 +90,60 @@ func TestCheckConfig_ClientCertificate(t *testing.T) {
 		})
 	}
 }
+
+// check-config reads a Google service account's key file as a token
+// request would, and refuses what the request could not use.
+func TestCheckConfig_ServiceAccountFile(t *testing.T) {
+	good := clientCert(t, time.Now().Add(365*24*time.Hour))
+	keyJSON := func(key string) string {
+		return `{"type":"service_account","client_email":"relay@p.iam.gserviceaccount.com","private_key_id":"1","private_key":` + key + `}`
+	}
+	quote := func(b []byte) string {
+		return `"` + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", `\n`) + `"`
+	}
+	for _, tc := range []struct {
+		name, file string
+		exit2      bool
+		want       string
+	}{
+		{"a good key", keyJSON(quote(good.KeyPEM)), false, "configuration OK"},
+		{"line breaks typed as \\n", keyJSON(`"` + strings.ReplaceAll(strings.TrimSpace(string(good.KeyPEM)), "\n", `\\n`) + `"`), false, "configuration OK"},
+		{"not JSON", "hello", true, "is not a JSON key file"},
+		{"an OAuth client's file", `{"type":"authorized_user","client_id":"x","client_secret":"y"}`, true, "lacks client_email, private_key"},
+		{"no private key", `{"type":"service_account","client_email":"a@b"}`, true, "lacks private_key"},
+		{"a certificate for a key", keyJSON(quote(good.CertPEM)), true, "of type CERTIFICATE"},
+		{"no PEM", keyJSON(`"NOT A PEM"`), true, "not a PEM key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sa := filepath.Join(dir, "sa.json")
+			os.WriteFile(sa, []byte(tc.file), 0o600)
+			file := filepath.Join(dir, "oauthrelay.yaml")
+			os.WriteFile(file, []byte(`
+spool:
+  dir: `+filepath.Join(dir, "spool")+`
+keysafe:
+  path: `+filepath.Join(dir, "keysafe.bin")+`
+accounts:
+  - name: alerts
+    provider: google
+    flow: service_account
+    service_account_file: `+sa+`
+    mailbox: alerts@example.com
+    senders: ["*@example.com"]
+`), 0o600)
+			out, err := run(t, "check-config", "--config", file)
+			var ee exitError
+			if tc.exit2 != (errors.As(err, &ee) && ee.code == 2) {
+				t.Fatalf("exit %v, want exit 2: %v; %v\n%s", err, tc.exit2, err, out)
+			}
+			got := out
+			if err != nil {
+				got += err.Error()
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("want %q in:\n%s", tc.want, got)
+			}
+		})
+	}
+}
