@@ -184,7 +184,7 @@ func ReadServiceAccount(path string) (serviceAccountKey, error) {
 	case k.Type != "service_account":
 		return k, bad(fmt.Sprintf("is a key of type %q, not a service account's (an OAuth client's file goes into client_id and client_secret)", k.Type), downloadKey)
 	}
-	// A key pasted with its line breaks as the two characters \\n.
+	// A key pasted with its line breaks as the two characters \n.
 	k.PrivateKey = strings.ReplaceAll(k.PrivateKey, `\n`, "\n")
 	blk, _ := pem.Decode([]byte(k.PrivateKey))
 	if blk == nil {
