@@ -2,10 +2,12 @@ package inbound
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -28,13 +30,12 @@ type localUser struct {
 // the account whose mailbox equals the user name. mailboxes maps each
 // configured account's name to its mailbox.
 func LoadUsers(path string, mailboxes map[string]string) (*Users, error) {
-	f, err := os.Open(path)
+	raw, err := credfile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("inbound.users_file: %w", err)
 	}
-	defer f.Close()
 	var order []string // "<line number>\x00<line>"
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(raw))
 	n := 0
 	for sc.Scan() {
 		n++

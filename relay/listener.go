@@ -11,12 +11,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -623,13 +624,12 @@ func (s *session) Reset() {
 
 // LoadUsers reads a users file of "user:bcrypt-hash" lines (# comments).
 func LoadUsers(path string) (map[string][]byte, error) {
-	f, err := os.Open(path)
+	raw, err := credfile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("listen.auth.users_file: %w", err)
 	}
-	defer f.Close()
 	users := map[string][]byte{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/configs"
+	"github.com/oauthrelay/oauthrelay/inbound"
+	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
 
@@ -51,6 +54,42 @@ func checkCertificates(c *configs.Config, now time.Time) (configs.Problems, []st
 		default:
 			problems = append(problems, configs.Problem{Key: fmt.Sprintf("accounts[%d].client_certificate_file", i), Msg: err.Error()})
 		}
+	}
+	return problems, warnings
+}
+
+// checkUsersFiles reads listen.auth.users_file and inbound.users_file as
+// serve does at start, so a line serve would refuse (a blank one with an
+// account appended, a hash that is not bcrypt, an unknown account) is
+// found here; a file this user may not read is a warning only.
+func checkUsersFiles(c *configs.Config) (configs.Problems, []string) {
+	var problems configs.Problems
+	var warnings []string
+	check := func(key, path string, load func() error) {
+		if path == "" {
+			return
+		}
+		switch err := load(); {
+		case err == nil:
+		case errors.Is(err, fs.ErrPermission):
+			warnings = append(warnings, fmt.Sprintf("%s: %s cannot be read by this user, so it was not checked — make sure the user serve runs as can read it", key, path))
+		default:
+			problems = append(problems, configs.Problem{Key: key, Msg: strings.TrimPrefix(strings.TrimPrefix(err.Error(), key+": "), key+" ")})
+		}
+	}
+	check("listen.auth.users_file", c.Listen.Auth.UsersFile, func() error {
+		_, err := relay.LoadUsers(c.Listen.Auth.UsersFile)
+		return err
+	})
+	if c.Inbound.Enabled() {
+		mailboxes := map[string]string{}
+		for _, a := range c.Accounts {
+			mailboxes[a.Name] = a.Mailbox
+		}
+		check("inbound.users_file", c.Inbound.UsersFile, func() error {
+			_, err := inbound.LoadUsers(c.Inbound.UsersFile, mailboxes)
+			return err
+		})
 	}
 	return problems, warnings
 }

@@ -147,3 +147,40 @@ accounts:
 		})
 	}
 }
+
+// check-config reads the users files as serve does at start: the line
+// `htpasswd -nbB … | sed 's/$/:acct/'` makes of htpasswd's trailing blank
+// line is refused here, not first by serve.
+func TestCheckConfig_UsersFiles(t *testing.T) {
+	dir := t.TempDir()
+	hash := "$2y$05$0123456789012345678901u3mGSV1bSnB9LB6Wc2I4.q5kXeQx1Wq"
+	users := filepath.Join(dir, "inbound-users")
+	os.WriteFile(users, []byte("reader:"+hash+":alerts\n:alerts\n"), 0o600)
+	file := filepath.Join(dir, "oauthrelay.yaml")
+	os.WriteFile(file, []byte(`
+spool:
+  dir: `+filepath.Join(dir, "spool")+`
+keysafe:
+  path: `+filepath.Join(dir, "keysafe.bin")+`
+inbound:
+  users_file: `+users+`
+  imap:
+    addr: 127.0.0.1:1143
+accounts:
+  - name: alerts
+    tenant: contoso.com
+    client_id: 1111
+    mailbox: alerts@contoso.com
+    senders: ["*@contoso.com"]
+    protocols: [smtp, imap]
+`), 0o600)
+	_, err := run(t, "check-config", "--config", file)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "inbound.users_file") || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("check-config: %v", err)
+	}
+	os.WriteFile(users, []byte("reader:"+hash+":alerts\n"), 0o600)
+	if out, err := run(t, "check-config", "--config", file); err != nil {
+		t.Fatalf("a good users file: %v\n%s", err, out)
+	}
+}

@@ -130,9 +130,10 @@ func newCheckConfigCmd() *cobra.Command {
 		Long: `check-config loads the configuration exactly as serve would (file,
 OAUTHRELAY_* environment, flags), reports every problem with the key to fix,
 and prints the effective configuration with secrets masked. It also reads
-each app-only account's client certificate and key: a key that does not
+each app-only account's client certificate and key (a key that does not
 match, or an expired certificate, is a problem; one that expires within 30
-days, a warning. Exit status 0 means serve would start with it.`,
+days, a warning), each Google service account's key file, and the users
+files. Exit status 0 means serve would start with it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			loaded, err := loadConfig(cmd)
@@ -152,6 +153,8 @@ days, a warning. Exit status 0 means serve would start with it.`,
 				return err
 			}
 			certProblems, certWarnings := checkCertificates(&loaded.Config, time.Now())
+			userProblems, userWarnings := checkUsersFiles(&loaded.Config)
+			certProblems, certWarnings = append(certProblems, userProblems...), append(certWarnings, userWarnings...)
 			for _, w := range certWarnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
