@@ -232,3 +232,20 @@ func TestGoogle_BadServiceAccountKeyIsMisconfiguredUntilFixed(t *testing.T) {
 		t.Fatalf("after the fix, Gmail got %d messages", len(got))
 	}
 }
+
+// Google has no device flow for Gmail: asking for one says so and what to
+// do instead, and nothing is sent to Google.
+func TestGoogle_DeviceSignInRefusedWithTheReason(t *testing.T) {
+	t.Parallel()
+	h, g := googleHarness(t, configs.FlowAuthorizationCode, nil)
+	_, err := h.relay.Tokens.ConnectDevice(t.Context(), "helpdesk", func(tokens.DeviceCode) {})
+	if err == nil || !strings.Contains(err.Error(), "device flow does not allow the Gmail scope") || !strings.Contains(err.Error(), "Connect page") {
+		t.Errorf("ConnectDevice: %v", err)
+	}
+	if n := g.OAuth.Requests(fakegoogle.GrantDeviceCode); n != 0 {
+		t.Errorf("%d device-code requests reached Google", n)
+	}
+	if st := h.relay.Tokens.State("helpdesk"); !strings.Contains(st.Explanation.Title, "not connected to Google") {
+		t.Errorf("a new Google account says %q", st.Explanation.Title)
+	}
+}

@@ -125,6 +125,10 @@ func (m *Manager) handleCallback(w http.ResponseWriter, r *http.Request) {
 		res.Title = "Connected — but not as " + a.Mailbox
 		res.Detail = fmt.Sprintf("Connected as %s. Mail for %s flows only if %s may send as it.", upn, a.Mailbox, upn)
 		res.Action = "You " + w + ". Without that right Microsoft will answer 535 5.7.3 and the relay will hold the mail and say so here."
+		if a.google() {
+			res.Detail = fmt.Sprintf("Connected as %s, but Gmail accepts a token only for the account that signed in: mail for %s will not flow.", upn, a.Mailbox)
+			res.Action = "Press Connect again and sign in as " + a.Mailbox + " (Google's account chooser: use another account)."
+		}
 	}
 	renderResult(w, http.StatusOK, res)
 }
@@ -156,7 +160,7 @@ func explainAuthorizeError(e, desc string, a Account, redirectURI string) (State
 	case code != 0:
 		return ExplainAADSTS(code, e, a, redirectURI)
 	}
-	return NotConnected, Explanation{Code: e, Title: "Microsoft refused the sign-in", Detail: desc, Action: "press Connect again"}
+	return NotConnected, Explanation{Code: e, Title: a.ProviderName() + " refused the sign-in", Detail: desc, Action: "press Connect again"}
 }
 
 // DeviceCode is what a person needs to complete a device-code sign-in.
@@ -177,6 +181,9 @@ func (m *Manager) ConnectDevice(ctx context.Context, name string, show func(Devi
 	}
 	if !a.delegated() {
 		return "", fmt.Errorf("account %s signs in app-only (%s) and needs no sign-in", name, a.Flow)
+	}
+	if a.google() {
+		return "", fmt.Errorf("account %s is a Google account: Google's device flow does not allow the Gmail scope (%s) — connect it on the Connect page instead (oauthrelay connect %s, or the status page's Connect button; through an SSH tunnel to the admin port on a headless server)", name, GoogleScope, name)
 	}
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, m.opts.HTTPClient)
 	da, err := a.oauth.DeviceAuth(ctx)

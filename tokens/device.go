@@ -33,6 +33,9 @@ func (m *Manager) StartDeviceSignIn(name string) (DeviceSignIn, error) {
 	if !a.delegated() {
 		return DeviceSignIn{}, errors.New("account " + name + " signs in app-only (" + a.Flow + ") and needs no sign-in")
 	}
+	if a.google() {
+		return DeviceSignIn{}, errors.New("account " + name + " is a Google account: Google's device flow does not allow the Gmail scope — use Connect")
+	}
 	m.pendMu.Lock()
 	if d, ok := m.devices[name]; ok && d.Status == "pending" && m.opts.Now().Before(d.Expires) {
 		m.pendMu.Unlock()

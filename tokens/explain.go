@@ -68,7 +68,7 @@ func (e *AccountError) Error() string {
 }
 
 // ErrTransient marks failures worth retrying (network, Entra 5xx, 429).
-var ErrTransient = errors.New("temporary failure reaching Microsoft Entra ID")
+var ErrTransient = errors.New("temporary failure reaching the sign-in service")
 
 var aadstsRe = regexp.MustCompile(`AADSTS(\d+)`)
 

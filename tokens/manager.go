@@ -327,7 +327,11 @@ func notConnected(a Account) Explanation {
 	if a.Flow == FlowDeviceCode {
 		how = "run: oauthrelay connect " + a.Name + " --device"
 	}
-	return Explanation{Title: "not connected to Microsoft 365 yet", Action: how + " and sign in as " + a.Mailbox}
+	service := "Microsoft 365"
+	if a.google() {
+		service = "Google"
+	}
+	return Explanation{Title: "not connected to " + service + " yet", Action: how + " and sign in as " + a.Mailbox}
 }
 
 func (m *Manager) account(name string) (*account, error) {
@@ -777,9 +781,13 @@ func (m *Manager) storeGrant(a *account, tok *oauth2.Token) (string, error) {
 		rec.Scopes = strings.Fields(s)
 	}
 	if rec.RefreshToken == "" {
-		return "", &AccountError{Account: a.Name, State: Misconfigured, Explanation: Explanation{
-			Title:  "Microsoft returned no refresh token",
-			Action: "add the offline_access permission to the app registration and connect again"}}
+		ex := Explanation{Title: "Microsoft returned no refresh token",
+			Action: "add the offline_access permission to the app registration and connect again"}
+		if a.google() {
+			ex = Explanation{Title: "Google returned no refresh token",
+				Action: "remove the relay's access at myaccount.google.com/permissions (Google gives a refresh token at the first consent only), then connect again"}
+		}
+		return "", &AccountError{Account: a.Name, State: Misconfigured, Explanation: ex}
 	}
 	if err := m.opts.Store.Put(rec); err != nil {
 		return "", fmt.Errorf("cannot save the sign-in to the keysafe: %w", err)
