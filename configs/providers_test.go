@@ -62,6 +62,8 @@ func TestProfile_CloudKindProviderSetEndpoints(t *testing.T) {
 func TestProfile_ValidationNamesKeyAndFix(t *testing.T) {
 	cases := []struct{ name, extra, key, says string }{
 		{"unknown cloud", "    cloud: germany\n", "accounts[0].cloud", "global, usgov, usgov-dod, china"},
+		{"GCC High by its name", "    cloud: GCC-High\n", "accounts[0].cloud", "GCC High is usgov"},
+		{"HVE reading mail", "    kind: hve\n    client_secret: s\n    protocols: [smtp, imap]\n", "accounts[0].protocols[1]", "no mailbox to read"},
 		{"unknown kind", "    kind: bulk\n", "accounts[0].kind", "mailbox, hve"},
 		{"HVE delegated", "    kind: hve\n    flow: device_code\n", "accounts[0].flow", "Add-HVEAppAccess"},
 		{"HVE outside the global cloud", "    kind: hve\n    client_secret: s\n    cloud: usgov\n", "accounts[0].kind", "global cloud only"},
@@ -82,6 +84,9 @@ func TestProfile_ValidationNamesKeyAndFix(t *testing.T) {
 			_, ps := loadAccount(t, tc.extra)
 			for _, p := range ps {
 				if p.Key == tc.key && strings.Contains(p.Msg, tc.says) {
+					if len(ps) != 1 {
+						t.Errorf("one mistake, %d problems: %v", len(ps), ps)
+					}
 					return
 				}
 			}

@@ -282,7 +282,9 @@ func validateAccount(key string, a *Account, names map[string]int, i int, add fu
 			add(fmt.Sprintf("%s.senders[%d]", key, j), "%q %v", s, err)
 		}
 	}
-	if u, err := url.Parse(a.Authority); err != nil || u.Host == "" {
+	if a.Authority == "" && a.Provider == ProviderMicrosoft {
+		// An unknown cloud left it unset; its own problem says so.
+	} else if u, err := url.Parse(a.Authority); err != nil || u.Host == "" {
 		add(key+".authority", "%q is not a URL — leave it unset for %s", a.Authority, DefaultAuthority)
 	} else if u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname())) {
 		add(key+".authority", "%q must be https (plain http only for a loopback test server)", a.Authority)
@@ -333,7 +335,18 @@ func validateMicrosoft(key string, a *Account, add func(key, format string, args
 		add(key+".flow", "%q is not one of authorization_code, device_code, client_credentials", a.Flow)
 	}
 	if _, ok := microsoftClouds[a.Cloud]; !ok {
-		add(key+".cloud", "%q is not one of %s", a.Cloud, strings.Join(Clouds(), ", "))
+		hint := ""
+		switch strings.ToLower(strings.NewReplacer("-", "", "_", "", " ", "").Replace(a.Cloud)) {
+		case "global", "commercial", "worldwide", "gcc":
+			hint = " — GCC (moderate) is the global cloud: global"
+		case "usgov", "gcchigh", "usgovernment", "government":
+			hint = " — GCC High is usgov"
+		case "dod", "usgovdod", "gccdod":
+			hint = " — DoD is usgov-dod"
+		case "china", "21vianet", "cn", "azurechina":
+			hint = " — operated by 21Vianet is china"
+		}
+		add(key+".cloud", "%q is not one of %s%s", a.Cloud, strings.Join(Clouds(), ", "), hint)
 	}
 	switch a.Kind {
 	case KindMailbox:
@@ -343,6 +356,11 @@ func validateMicrosoft(key string, a *Account, add func(key, format string, args
 		}
 		if a.Cloud != CloudGlobal {
 			add(key+".kind", "hve is offered in the global cloud only — cloud is %q", a.Cloud)
+		}
+		for j, p := range a.Protocols {
+			if p != "smtp" {
+				add(fmt.Sprintf("%s.protocols[%d]", key, j), "%q cannot be used with kind: hve — a High Volume Email account is a mail user with no mailbox to read; read mail with another account", p)
+			}
 		}
 	default:
 		add(key+".kind", "%q is not one of mailbox, hve", a.Kind)

@@ -79,7 +79,7 @@ func TokenAccounts(c *configs.Config) []tokens.Account {
 		p := a.Profile()
 		out = append(out, tokens.Account{Name: a.Name, Tenant: a.Tenant, ClientID: a.ClientID,
 			ClientSecret: a.ClientSecret, Flow: a.Flow, Mailbox: a.Mailbox, Authority: a.Authority, Protocols: a.Protocols,
-			Provider: a.Provider, Cloud: a.Cloud, Resource: p.Resource, AppResource: p.AppResource,
+			Provider: a.Provider, Cloud: a.Cloud, Kind: hveKind(a.Kind), Resource: p.Resource, AppResource: p.AppResource,
 			CertFile: a.ClientCertificateFile, KeyFile: a.ClientKeyFile, ServiceAccountFile: a.ServiceAccountFile})
 	}
 	return out
@@ -443,4 +443,12 @@ func serviceName(a *configs.Account) string {
 		return "Gmail"
 	}
 	return "Microsoft 365"
+}
+
+// hveKind is the account kind the status shows: "hve", or "" for a mailbox.
+func hveKind(kind string) string {
+	if kind == configs.KindHVE {
+		return kind
+	}
+	return ""
 }

@@ -39,6 +39,9 @@ func TestHVE_AppOnlyAndNotPaced(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("10 HVE messages took %v: paced like a mailbox (30/min would take 18 s)", d)
 	}
+	if st := h.relay.Tokens.State("bulk"); st.Kind != "hve" {
+		t.Errorf("the HVE account's status says kind %q", st.Kind)
+	}
 	for _, m := range h.fake.SMTP.Messages() {
 		if m.Mailbox != bulk {
 			t.Errorf("sent as %s, want the HVE account %s", m.Mailbox, bulk)

@@ -310,6 +310,33 @@ func TestManager_CertificateRenewedWithoutRestart(t *testing.T) {
 	}
 }
 
+// A certificate renewed on a connected account (its token still good)
+// shows its new expiry within seconds, not at the next token request.
+func TestManager_RenewedCertificateExpiryShowsAtOnce(t *testing.T) {
+	e, _ := certEnv(t, time.Now().Add(10*24*time.Hour), true)
+	m := e.manager(t, func(o *tokens.Options) { o.WatchInterval = 20 * time.Millisecond })
+	if _, err := m.Token(context.Background(), "helpdesk"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx)
+	renewed := newClientCert(t, time.Now().Add(2*365*24*time.Hour))
+	e.fake.Entra.RegisterCertificate("client-2", renewed.Cert)
+	os.WriteFile(e.account.CertFile, renewed.CertPEM, 0o644)
+	os.WriteFile(e.account.KeyFile, renewed.KeyPEM, 0o600)
+	deadline := time.Now().Add(5 * time.Second)
+	for !m.State("helpdesk").CertificateExpiry.Equal(renewed.Cert.NotAfter) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still shows %v after the renewal", m.State("helpdesk").CertificateExpiry)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if w := m.State("helpdesk").CertificateWarning; w != "" {
+		t.Errorf("the renewed certificate still warns: %s", w)
+	}
+}
+
 func TestManager_CertificateExpiry(t *testing.T) {
 	t.Run("expires soon: a warning, still signs in", func(t *testing.T) {
 		e, _ := certEnv(t, time.Now().Add(10*24*time.Hour), true)

@@ -53,8 +53,9 @@ type Account struct {
 	// Provider is "microsoft" (or "") or "google".
 	Provider string
 	// Cloud is the Microsoft cloud (global, usgov, usgov-dod, china; ""
-	// is global), for the status page.
-	Cloud string
+	// is global), and Kind "hve" for a High Volume Email account (""
+	// a mailbox), for the status page.
+	Cloud, Kind string
 	// Resource names delegated scopes (Resource + "/SMTP.Send"; "" is the
 	// global cloud's https://outlook.office.com); AppResource is what an
 	// app-only token asks for (+ "/.default"; "" is
@@ -156,6 +157,7 @@ type AccountState struct {
 	// configuration.
 	Provider   string `json:"provider,omitempty"`
 	Cloud      string `json:"cloud,omitempty"`
+	Kind       string `json:"kind,omitempty"` // "hve" for High Volume Email
 	Credential string `json:"credential,omitempty"`
 	// CertificateExpiry is when the client certificate expires (accounts
 	// with a certificate, once it has been read); CertificateWarning is
@@ -242,6 +244,9 @@ type account struct {
 	// was refused; a change to them (a new certificate) is retried.
 	certExpiry time.Time
 	certStamp  string
+	// certSeen: the files' stamp when certExpiry was read; a renewed
+	// certificate's expiry shows within seconds, not at the next token.
+	certSeen string
 }
 
 // NewManager sets up token sources for opts.Accounts from opts.Store.
@@ -641,8 +646,19 @@ func (m *Manager) watchReconnects(ctx context.Context) {
 	for _, name := range m.order {
 		a := m.accounts[name]
 		a.mu.Lock()
-		st, failed, smtpSince := a.state, a.failedRT, a.smtpSince
+		st, failed, smtpSince, seen := a.state, a.failedRT, a.smtpSince, a.certSeen
 		a.mu.Unlock()
+		if a.certificate() {
+			if now := certStamp(a.Account); now != seen {
+				c, err := LoadCertificate(a.CertFile, a.KeyFile)
+				a.mu.Lock()
+				a.certSeen = now
+				if err == nil {
+					a.certExpiry = c.Leaf.NotAfter
+				}
+				a.mu.Unlock()
+			}
+		}
 		if a.credentialFiles() && st == Misconfigured {
 			m.retryNewCertificate(ctx, a)
 			continue
@@ -730,7 +746,7 @@ func (m *Manager) State(name string) AccountState {
 		s.Protocols = []string{"smtp"}
 	}
 	s.Refused = m.Refused(name)
-	s.Provider, s.Cloud, s.Credential = a.Provider, a.Cloud, a.Credential()
+	s.Provider, s.Cloud, s.Kind, s.Credential = a.Provider, a.Cloud, a.Kind, a.Credential()
 	if s.Provider == "" {
 		s.Provider = "microsoft"
 	}

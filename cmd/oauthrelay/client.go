@@ -420,6 +420,9 @@ func signsInWith(s tokens.AccountState) string {
 	if s.Cloud != "" {
 		out += "/" + s.Cloud
 	}
+	if s.Kind != "" {
+		out += "/" + s.Kind
+	}
 	out += ": " + s.Credential
 	if !s.CertificateExpiry.IsZero() {
 		out += " (expires " + s.CertificateExpiry.UTC().Format("2006-01-02") + ")"

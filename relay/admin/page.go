@@ -332,7 +332,7 @@ var statusTmpl = template.Must(template.New("status").Funcs(funcs).Parse(`<!doct
 {{range .Accounts}}{{$acct := .Account}}<div class="card" id="account-{{.Account}}">
 <div><strong>{{.Account}}</strong> <span class="badge {{string .State}}" data-state="{{string .State}}">{{if eq (string .State) "connected"}}connected{{else if eq (string .State) "needs_reconnect"}}needs reconnect{{else if eq (string .State) "misconfigured"}}misconfigured{{else if eq (string .State) "smtp_auth_disabled"}}SMTP AUTH disabled{{else if eq (string .State) "smtp_auth_refused"}}login refused{{else}}not connected{{end}}</span></div>
 <div class="muted">{{.Mailbox}} · {{.Flow}}{{if .Waiting}} · {{.Waiting}} waiting{{end}}</div>
-<div class="muted" id="credential-{{.Account}}">{{.Provider}}{{if .Cloud}} · {{.Cloud}} cloud{{end}}{{if .Credential}} · {{.Credential}}{{if not .CertificateExpiry.IsZero}} (expires {{.CertificateExpiry.Format "2006-01-02"}}){{end}}{{end}}</div>
+<div class="muted" id="credential-{{.Account}}">{{.Provider}}{{if .Cloud}} · {{.Cloud}} cloud{{end}}{{if eq .Kind "hve"}} · High Volume Email{{end}}{{if .Credential}} · {{.Credential}}{{if not .CertificateExpiry.IsZero}} (expires {{.CertificateExpiry.Format "2006-01-02"}}){{end}}{{end}}</div>
 {{if .CertificateWarning}}<p class="flash warn" id="certificate-{{.Account}}"><strong>Certificate:</strong> {{.CertificateWarning}}.</p>{{end}}
 <div class="muted" id="protocols-{{.Account}}">Protocols: {{range $i, $p := .Protocols}}{{if $i}}, {{end}}{{$p}}{{end}}{{with .Sessions}} · open now:{{range $p, $n := .}} {{$n}} {{$p}}{{end}}{{end}}</div>
 {{if .Explanation.Title}}<p>{{if .Explanation.Code}}<code>{{.Explanation.Code}}</code> {{end}}{{.Explanation.Title}}.
