@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"time"
 
 	"github.com/oauthrelay/oauthrelay/internal/credfile"
@@ -329,7 +330,7 @@ func certificateWarning(notAfter, now time.Time, warn time.Duration) string {
 	if !now.Before(notAfter) {
 		return "the client certificate expired on " + day + ": " + todo
 	}
-	days := int(notAfter.Sub(now).Hours() / 24)
+	days := int(math.Round(notAfter.Sub(now).Hours() / 24)) // a 10-day certificate made a second ago: 10 days
 	when := fmt.Sprintf("in %d days", days)
 	switch days {
 	case 0:

@@ -159,7 +159,7 @@ func ExplainAADSTS(code int, oauthErr string, a Account, redirectURI string) (St
 		return Misconfigured, Explanation{Code: c,
 			Title:  "this tenant does not know the Exchange Online resource asked for",
 			Detail: "The tenant lives in another Microsoft cloud than the account's (US Government GCC High and DoD, or China operated by 21Vianet, have their own Entra ID and Exchange Online), or Exchange Online is not licensed in it.",
-			Action: "set accounts[].cloud to the tenant's cloud (global, usgov, usgov-dod or china) — oauthrelay check-config shows the scopes and servers it implies — and register the app in that cloud's portal; then Connect again"}
+			Action: "set accounts[].cloud to the tenant's cloud (global, usgov, usgov-dod or china) — oauthrelay check-config shows the scopes and servers it implies — and register the app in that cloud's portal; then Connect again (an app-only account: press Try again)"}
 	case 7000215:
 		return Misconfigured, Explanation{Code: c,
 			Title:  "the client secret is wrong",
