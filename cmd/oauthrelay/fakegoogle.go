@@ -41,6 +41,7 @@ configuration lines for an account. Each message it accepts is printed.
 			users, _ := cmd.Flags().GetStringArray("user")
 			sas, _ := cmd.Flags().GetStringArray("service-account")
 			keyOut, _ := cmd.Flags().GetString("key-out")
+			caFile, _ := cmd.Flags().GetString("ca-out")
 			for _, c := range clients {
 				id, secret, ok := strings.Cut(c, "=")
 				if !ok || id == "" || secret == "" {
@@ -51,7 +52,18 @@ configuration lines for an account. Each message it accepts is printed.
 			for _, u := range users {
 				g.OAuth.SignInAs(u) // the last one signs in
 			}
-			caFile := filepath.Join(os.TempDir(), "fakegoogle-ca.pem")
+			if caFile == "" {
+				// One per run: two fakes never overwrite each other's CA.
+				f, err := os.CreateTemp("", "fakegoogle-ca-*.pem")
+				if err != nil {
+					return err
+				}
+				f.Close()
+				caFile = f.Name()
+			}
+			if abs, err := filepath.Abs(caFile); err == nil {
+				caFile = abs
+			}
 			if err := g.WriteCA(caFile); err != nil {
 				return err
 			}
@@ -65,7 +77,15 @@ configuration lines for an account. Each message it accepts is printed.
 				g.OAuth.GrantDelegation(sa.ClientID, tokens.GoogleScope)
 				path := keyOut
 				if path == "" || len(sas) > 1 {
-					path = filepath.Join(os.TempDir(), fmt.Sprintf("fakegoogle-sa-%d.json", i))
+					f, err := os.CreateTemp("", fmt.Sprintf("fakegoogle-sa-%d-*.json", i))
+					if err != nil {
+						return err
+					}
+					f.Close()
+					path = f.Name()
+				}
+				if abs, err := filepath.Abs(path); err == nil {
+					path = abs
 				}
 				if err := os.WriteFile(path, sa.JSON, 0o600); err != nil {
 					return err
@@ -94,6 +114,7 @@ configuration lines for an account. Each message it accepts is printed.
 	cmd.Flags().StringArray("client", nil, "CLIENT_ID=SECRET: an OAuth client; repeatable")
 	cmd.Flags().StringArray("user", nil, "MAILBOX: a user of the domain; the last one given signs in at the Connect page; repeatable")
 	cmd.Flags().StringArray("service-account", nil, "EMAIL: a service account with domain-wide delegation; repeatable")
-	cmd.Flags().String("key-out", "", "where to write the (first) service account's JSON key (default: the temp folder)")
+	cmd.Flags().String("key-out", "", "where to write the (first) service account's JSON key (default: a new file in the temp folder)")
+	cmd.Flags().String("ca-out", "", "where to write the CA certificate for upstream.ca_file (default: a new file in the temp folder)")
 	return cmd
 }
