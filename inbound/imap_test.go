@@ -424,3 +424,66 @@ func TestIMAP_GmailUpstream(t *testing.T) {
 		t.Errorf("refusals recorded: %q", toks.refusals)
 	}
 }
+
+// A client that sends its last commands and half-closes (printf … | nc
+// -N) gets every byte of the answers: the relay does not pass its EOF on
+// to Microsoft, which would then close (or reset) before its last reply is
+// read, and a 1 MiB reply arrives whole too.
+func TestIMAP_HalfCloseGetsTheWholeReply(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.Events = Events{} })
+	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	for i := range 30 {
+		c, err := net.Dial("tcp", h.imapAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		cmds := "a LOGIN app apppw\r\nb NOOP\r\nc LOGOUT\r\n"
+		if i%3 == 0 {
+			cmds = fmt.Sprintf("a LOGIN app apppw\r\nb APPEND INBOX {%d+}\r\n%s\r\nc LOGOUT\r\n", len(big), big)
+		}
+		go func() { // a client writes and reads at once (the reply to a big APPEND is big)
+			io.WriteString(c, cmds)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		got, err := io.ReadAll(c)
+		c.Close()
+		if !strings.HasSuffix(string(got), "c OK LOGOUT completed.\r\n") || (i%3 == 0 && !strings.Contains(string(got), big)) {
+			t.Fatalf("run %d: %d bytes, ending %q (%v)", i, len(got), truncate(string(got), 0)+string(got[max(0, len(got)-60):]), err)
+		}
+	}
+}
+
+// A client that just closes its socket (most do, without LOGOUT) gives its
+// account slot back once the upstream has been quiet briefly, and Close
+// never waits for such a session.
+func TestIMAP_ClientGoneFreesItsSlot(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) {
+		o.MaxConnectionsPerAccount = 1
+		o.Events = Events{}
+	})
+	for i := range 3 {
+		c := dial(t, h.imapAddr)
+		c.expect("* OK")
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			c.send("a LOGIN app apppw")
+			if l := c.line(); strings.HasPrefix(l, "a OK") {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("login %d: the slot of the client before was not given back: %q", i, l)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		c.c.Close()
+	}
+	start := time.Now()
+	h.srv.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v", d)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -59,10 +60,16 @@ func (l *lineReader) readLine(max int) (string, error) {
 // own and returns at once; done gets the bytes each way when both
 // directions have ended: client → upstream from fromClient (which holds
 // what the client sent ahead of the login's answer), upstream → client
-// from fromUp. When one direction ends at EOF, the connection it wrote to
-// is half-closed (TCP FIN, TLS close_notify) so that end sees it, and the
-// other direction has grace to finish (a reply still on its way); an
-// error, or the grace running out, ends both at once.
+// from fromUp.
+//
+// When the client half-closes (printf … | nc -N), its EOF is not passed on:
+// an IMAP or POP3 server takes EOF as the client gone and may close — and,
+// with our EOF unread, reset — before its last replies are out. Microsoft
+// ends the session itself after LOGOUT or QUIT; otherwise it ends once the
+// upstream has said nothing for grace (at most 5 s: a client that closed
+// without LOGOUT looks the same). When the upstream ends at EOF, the
+// client is half-closed (TCP FIN, TLS close_notify) so it sees the end,
+// and gets grace to finish. An error ends both at once.
 func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, grace time.Duration, done func(in, out int64)) {
 	var (
 		once    sync.Once
@@ -70,14 +77,33 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		timer   *time.Timer
 		running = 2
 		in, out int64
+		lastOut atomic.Int64 // when bytes last went upstream → client (UnixNano)
 	)
+	lastOut.Store(time.Now().UnixNano())
 	both := func() { once.Do(func() { client.Close(); up.Close() }) }
+	// idle ends the session once the upstream has been silent for quiet
+	// (grace, at most quietAfterEOF): long enough for a reply on its way,
+	// short enough that a client that simply closed without LOGOUT (most
+	// do) does not hold an upstream session and an account slot for long.
+	quiet := min(grace, quietAfterEOF)
+	var idle func()
+	idle = func() {
+		if q := time.Since(time.Unix(0, lastOut.Load())); q < quiet {
+			mu.Lock()
+			timer = time.AfterFunc(quiet-q, idle)
+			mu.Unlock()
+			return
+		}
+		both()
+	}
 	// ended is called when the direction writing to dst has ended.
 	ended := func(dst net.Conn, err error) {
 		if err != nil {
 			both()
-		} else if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
+		} else if dst == client {
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
 		}
 		mu.Lock()
 		running--
@@ -86,7 +112,7 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		case last && timer != nil:
 			timer.Stop()
 		case !last && timer == nil && err == nil:
-			timer = time.AfterFunc(grace, both)
+			timer = time.AfterFunc(quiet, idle)
 		}
 		mu.Unlock()
 		if last {
@@ -100,10 +126,26 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		ended(up, err)
 	}()
 	go func() {
-		n, err := copyAdaptive(client, fromUp)
+		n, err := copyAdaptive(activity{client, &lastOut}, fromUp)
 		out = n
 		ended(client, err)
 	}()
+}
+
+// quietAfterEOF bounds how long a session whose client has closed its
+// side waits for the upstream to say something more.
+const quietAfterEOF = 5 * time.Second
+
+// activity notes when bytes were last written to w.
+type activity struct {
+	w    io.Writer
+	last *atomic.Int64
+}
+
+func (a activity) Write(p []byte) (int, error) {
+	n, err := a.w.Write(p)
+	a.last.Store(time.Now().UnixNano())
+	return n, err
 }
 
 // copyAdaptive copies src to dst like io.Copy, but a direction that has

@@ -476,7 +476,19 @@ func (s *Server) handOff(protocol, user, account string, client net.Conn, cr *li
 func (s *Server) startRelay(r *relay, end func()) {
 	start := time.Now()
 	s.opened(r.account, r.protocol, 1)
+	// Close cuts the upstream side too: after the client's EOF only that
+	// side may still be open.
+	s.mu.Lock()
+	closed := s.closed
+	s.conns[r.up] = struct{}{}
+	s.mu.Unlock()
+	if closed {
+		r.up.Close()
+	}
 	pipe(r.client, r.fromClient, r.up, r.fromUp, s.opts.CloseGrace, func(in, out int64) {
+		s.mu.Lock()
+		delete(s.conns, r.up)
+		s.mu.Unlock()
 		s.opened(r.account, r.protocol, -1) // before the report: it sees the session gone
 		s.release(r.account)
 		sess := Session{Protocol: r.protocol, Client: r.client.RemoteAddr().String(), User: r.user, Account: r.account,

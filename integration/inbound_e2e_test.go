@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -389,5 +391,38 @@ func TestInbound_RevokedThenReconnected(t *testing.T) {
 	}
 	if out, err := python(t, "pop3-login", host, pport, inboundUser, pw); err != nil || out != "OK" {
 		t.Errorf("pop3 after reconnect: %v %s", err, out)
+	}
+}
+
+// A script that writes its commands and half-closes (printf … | nc -N)
+// gets the whole 10 MB reply and the server's last line, over IMAP and
+// POP3, every time — Microsoft's server is not told the client left.
+func TestInbound_HalfClosingScriptGetsEverything(t *testing.T) {
+	t.Parallel()
+	h, pw := newInboundHarness(t, nil)
+	big := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n"), 10<<20/64)
+	h.fake.Deliver(mailbox, append([]byte(message(1, mailbox, mailbox, "")), big...))
+	scripts := map[string]struct{ addr, cmds, last string }{
+		"imap": {h.relay.IMAPAddr(), "a LOGIN " + inboundUser + " " + pw + "\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\nd LOGOUT\r\n", "d OK LOGOUT completed"},
+		"pop3": {h.relay.POP3Addr(), "USER " + inboundUser + "\r\nPASS " + pw + "\r\nRETR 1\r\nQUIT\r\n", "+OK"},
+	}
+	for proto, s := range scripts {
+		for i := range 5 {
+			c, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			go func() {
+				io.WriteString(c, s.cmds)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			c.Close()
+			lines := strings.Split(strings.TrimRight(string(got), "\r\n"), "\r\n")
+			if len(got) < len(big) || !strings.HasPrefix(lines[len(lines)-1], s.last) {
+				t.Errorf("%s run %d: %d bytes (%v), last line %q", proto, i, len(got), err, lines[len(lines)-1])
+			}
+		}
 	}
 }
