@@ -487,3 +487,36 @@ func TestIMAP_ClientGoneFreesItsSlot(t *testing.T) {
 		t.Errorf("Close took %v", d)
 	}
 }
+
+// One valid login does not reset an address's count of wrong guesses at
+// another user's password (the lockout would otherwise never start).
+func TestIMAP_OwnLoginDoesNotResetGuessesAtAnother(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) {
+		o.Events = Events{}
+		o.LockoutBase, o.LockoutMax = time.Minute, time.Minute
+	})
+	login := func(user, pass string) string {
+		c := dial(t, h.imapAddr)
+		c.expect("* OK")
+		c.send("a LOGIN " + user + " " + pass)
+		l := c.line()
+		c.c.Close()
+		return l
+	}
+	for round := range 3 {
+		for i := range 5 {
+			if l := login(testMailbox, "guess"); strings.Contains(l, "[UNAVAILABLE]") {
+				if round == 0 {
+					t.Fatalf("locked after %d guesses: fewer than the free 5", i)
+				}
+				return // locked: the valid login in between did not reset it
+			}
+		}
+		if l := login("app", "apppw"); !strings.HasPrefix(l, "a OK") {
+			t.Fatalf("the valid login: %q", l)
+		}
+	}
+	t.Fatal("15 guesses at another user's password, each 5 followed by a valid login, and no lockout")
+}

@@ -297,12 +297,12 @@ func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (acco
 		return "", LoginLockedOut
 	}
 	if account, ok := s.logins.get(user, pass); ok {
-		s.lockout.Success(ip)
+		s.lockout.Success(ip, user)
 		return account, ""
 	}
 	account, ok := s.opts.Users.check(user, pass)
 	if !ok {
-		if d, n := s.lockout.Fail(ip); d > 0 {
+		if d, n := s.lockout.Fail(ip, user); d > 0 {
 			s.log.Warn("inbound: address locked out after failed logins; every IMAP/POP3 login from it is refused until the lock ends",
 				"client", ip.String(), "protocol", protocol, "failed_logins", n, "locked_for", d.String())
 		}
@@ -310,7 +310,7 @@ func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (acco
 		return "", LoginBadPassword
 	}
 	s.logins.put(user, pass, account)
-	s.lockout.Success(ip)
+	s.lockout.Success(ip, user)
 	return account, ""
 }
 

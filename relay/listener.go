@@ -386,6 +386,9 @@ type session struct {
 	c        *smtpConn
 	remote   netip.Addr
 	authUser string
+	// triedUser is the user of the AUTH being checked (the lockout counts
+	// failures per user: a success forgets only its own user's).
+	triedUser string
 
 	from     Address
 	account  string
@@ -437,6 +440,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	// check runs in the session's goroutine, never the accept loop: bcrypt
 	// takes its time on purpose.
 	check := func(user, pass string) error {
+		s.triedUser = user
 		if _, locked := s.l.lockout.Locked(s.remote); locked { // a lock begun during the exchange
 			return errAuthLocked
 		}
@@ -470,7 +474,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // lock brings the address nearer its next lock.
 func (s *session) AuthFailed(err error) error {
 	if err != errAuthLocked {
-		if d, n := s.l.lockout.Fail(s.remote); d > 0 {
+		if d, n := s.l.lockout.Fail(s.remote, s.triedUser); d > 0 {
 			s.l.log.Warn("smtp: address locked out after failed AUTH; every AUTH from it is refused until the lock ends",
 				"client", s.remote.String(), "failed_auths", n, "locked_for", d.String())
 		}
@@ -482,9 +486,9 @@ func (s *session) AuthFailed(err error) error {
 	return s.reject("auth", se)
 }
 
-// AuthSucceeded forgets the address's failed AUTHs.
+// AuthSucceeded forgets the address's failed AUTHs for the same user.
 func (s *session) AuthSucceeded() {
-	s.l.lockout.Success(s.remote)
+	s.l.lockout.Success(s.remote, s.authUser)
 }
 
 // loginServer is the server side of AUTH LOGIN (go-sasl has only a client).

@@ -3,8 +3,10 @@
 // (inbound) share it. An address gets a few failures free; each further one
 // locks it out for a growing period (base, 2×base, 4×base, … up to max),
 // during which every attempt from it — right or wrong — is to be refused
-// without being checked. A success outside a lock forgets the address. It
-// remembers at most 8192 addresses, each for a day. Callers log a lock
+// without being checked. A success outside a lock forgets the failures the
+// address made for the same user (a typo), not those for others: one valid
+// login must not let its holder guess another user's password without
+// limit. It remembers at most 8192 addresses, each for a day. Callers log a lock
 // (Fail says when one starts), in their own words.
 package lockout
 
@@ -35,7 +37,12 @@ type Lockout[K comparable] struct {
 type guesser struct {
 	fails int
 	until time.Time
+	// by counts the failures per user tried (at most maxUsers of them;
+	// failures for further users count but no success forgets them).
+	by map[string]int
 }
+
+const maxUsers = 64
 
 // New gives free failures before the first lock of base, doubling up to
 // longest (0: DefaultBase, DefaultMax).
@@ -62,18 +69,22 @@ func (l *Lockout[K]) Locked(k K) (left time.Duration, locked bool) {
 	return left, left > 0
 }
 
-// Fail records a failure from k. Past the free ones it starts a lock and
-// returns its length (0 otherwise) and how many failures k has made, for
-// the caller's log line.
-func (l *Lockout[K]) Fail(k K) (lockedFor time.Duration, fails int) {
+// Fail records a failure from k trying user ("" where there is none, as
+// for the admin token). Past the free ones it starts a lock and returns
+// its length (0 otherwise) and how many failures k has made, for the
+// caller's log line.
+func (l *Lockout[K]) Fail(k K, user string) (lockedFor time.Duration, fails int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	g, ok := l.by.Get(k)
 	if !ok {
-		g = &guesser{}
+		g = &guesser{by: map[string]int{}}
 		l.by.Add(k, g)
 	}
 	g.fails++
+	if _, known := g.by[user]; known || len(g.by) < maxUsers {
+		g.by[user]++
+	}
 	if g.fails <= l.free {
 		return 0, g.fails
 	}
@@ -82,9 +93,17 @@ func (l *Lockout[K]) Fail(k K) (lockedFor time.Duration, fails int) {
 	return d, g.fails
 }
 
-// Success forgets k's failures.
-func (l *Lockout[K]) Success(k K) {
+// Success forgets the failures k made for user.
+func (l *Lockout[K]) Success(k K, user string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.by.Remove(k)
+	g, ok := l.by.Peek(k)
+	if !ok {
+		return
+	}
+	g.fails -= g.by[user]
+	delete(g.by, user)
+	if g.fails <= 0 {
+		l.by.Remove(k)
+	}
 }

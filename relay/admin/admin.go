@@ -229,13 +229,13 @@ func (s *Server) checkToken(w http.ResponseWriter, r *http.Request, given string
 		return false, 0
 	}
 	if !equalSecret(given, s.opts.Token) {
-		if d, n := s.lock.Fail(ip); d > 0 {
+		if d, n := s.lock.Fail(ip, ""); d > 0 {
 			s.opts.Log.Warn("admin: address locked out after wrong admin tokens; every attempt from it is refused until the lock ends",
 				"client", ip, "wrong_tokens", n, "locked_for", d.String())
 		}
 		return false, 0
 	}
-	s.lock.Success(ip)
+	s.lock.Success(ip, "")
 	return true, 0
 }
 

@@ -306,7 +306,7 @@ func TestAdmin_APINeedsToken(t *testing.T) {
 			if e := decode[map[string]string](t, w)["error"]; !strings.Contains(e, "admin token") {
 				t.Errorf("%s %s: error %q does not say what is missing", c.method, c.target, e)
 			}
-			s.lock.Success("192.0.2.1") // keep below the lockout; it has its own test
+			s.lock.Success("192.0.2.1", "") // keep below the lockout; it has its own test
 		}
 	}
 	if got := s.q.recorded(); len(got) != 0 {
@@ -568,7 +568,7 @@ func TestAdmin_LoginNextOnlyLocal(t *testing.T) {
 		if got := nextOf(w.Body.String()); got != tt.want {
 			t.Errorf("failed login with next=%q keeps %q in its form, want %q", tt.next, got, tt.want)
 		}
-		s.lock.Success("192.0.2.1")
+		s.lock.Success("192.0.2.1", "")
 	}
 	// The login page's next is checked the same way.
 	if got := nextOf(s.page("GET", "/login?next=//evil.test", nil, nil).Body.String()); got != "/" {
