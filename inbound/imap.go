@@ -174,7 +174,7 @@ func (s *Server) imapSession(c net.Conn) (logged *relay) {
 				ic.c, ic.r, ic.secure = tc, newLineReader(tc), true
 			}
 		default:
-			ic.write("%s BAD %s is unknown or not allowed before login", tag, cmd)
+			ic.write("%s BAD %s is unknown or not allowed before login", tag, truncate(cmd, 32))
 			bad++
 		}
 	}
@@ -248,7 +248,7 @@ func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 	}
 	if !s.acquire(account) {
 		s.event(IMAP, LoginBusy)
-		s.log.Warn("inbound: too many connections for the account", "protocol", IMAP, "account", account, "max", s.opts.MaxConnectionsPerAccount)
+		s.log.Warn("inbound: too many connections for the account", "protocol", IMAP, "account", account, "client", ic.ip.String(), "max", s.opts.MaxConnectionsPerAccount)
 		ic.write("%s NO [UNAVAILABLE] too many connections for this mailbox", tag)
 		return false, false
 	}
@@ -276,6 +276,7 @@ func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
 	s.event(IMAP, LoginOK)
 	ic.c.SetDeadline(time.Time{})
 	if err := ic.write("%s OK [CAPABILITY %s] LOGIN completed", tag, caps); err != nil {
+		s.log.Info("inbound: client left before its login's answer", "protocol", IMAP, "client", ic.ip.String(), "user", user, "account", account)
 		u.conn.Close()
 		return true, false
 	}
@@ -333,12 +334,32 @@ func (ic *imapConn) readCommand() (tag, cmd string, args []string, err error) {
 	}
 	if len(all) < 2 {
 		tag := "*"
-		if len(all) == 1 {
+		if len(all) == 1 && validTag(all[0]) {
 			tag = all[0]
 		}
 		return "", "", nil, &imapBad{tag: tag, msg: "missing command"}
 	}
+	if !validTag(all[0]) {
+		// A reply tagged "*" or "+" would read as untagged or as a
+		// continuation.
+		return "", "", nil, &imapBad{tag: "*", msg: "invalid tag (RFC 3501: letters, digits and most punctuation, not * + % ( ) { \\ \")"}
+	}
 	return all[0], strings.ToUpper(all[1]), all[2:], nil
+}
+
+// validTag reports whether s is an RFC 3501 tag: ASTRING-CHARs but "+",
+// at most 64 of them here.
+func validTag(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`(){%*"\+`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // scanIMAPArgs splits one line into arguments. Parentheses are arguments

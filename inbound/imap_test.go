@@ -520,3 +520,25 @@ func TestIMAP_OwnLoginDoesNotResetGuessesAtAnother(t *testing.T) {
 	}
 	t.Fatal("15 guesses at another user's password, each 5 followed by a valid login, and no lockout")
 }
+
+// A tag RFC 3501 does not allow (*, +, or with a brace) is refused with an
+// untagged BAD, never echoed as a reply that reads as untagged or as a
+// continuation; an unknown command is echoed at most 32 characters long.
+func TestIMAP_InvalidTagsRefused(t *testing.T) {
+	_, pool := testTLS(t)
+	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, nil)
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	for _, tag := range []string{"*", "+", "a{", "x%"} {
+		c.send(tag + " NOOP")
+		if l := c.line(); !strings.HasPrefix(l, "* BAD invalid tag") {
+			t.Errorf("tag %q: %q", tag, l)
+		}
+	}
+	c2 := dial(t, h.imapAddr)
+	c2.expect("* OK")
+	c2.send("a " + strings.Repeat("X", 4000))
+	if l := c2.line(); len(l) > 120 || !strings.HasPrefix(l, "a BAD XXXX") {
+		t.Errorf("an unknown command echoed as %d bytes: %.80q", len(l), l)
+	}
+}

@@ -161,7 +161,7 @@ func (s *Server) pop3Session(c net.Conn) (logged *relay) {
 				pc.c, pc.r, pc.secure, user = tc, newLineReader(tc), true, ""
 			}
 		default:
-			pc.write("-ERR %s is unknown or not allowed before login", cmd)
+			pc.write("-ERR %s is unknown or not allowed before login", truncate(cmd, 32))
 			bad++
 		}
 	}
@@ -211,7 +211,7 @@ func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 	}
 	if !s.acquire(account) {
 		s.event(POP3, LoginBusy)
-		s.log.Warn("inbound: too many connections for the account", "protocol", POP3, "account", account, "max", s.opts.MaxConnectionsPerAccount)
+		s.log.Warn("inbound: too many connections for the account", "protocol", POP3, "account", account, "client", pc.ip.String(), "max", s.opts.MaxConnectionsPerAccount)
 		pc.write("-ERR [SYS/TEMP] too many connections for this mailbox")
 		return false, false
 	}
@@ -235,6 +235,7 @@ func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
 	s.event(POP3, LoginOK)
 	pc.c.SetDeadline(time.Time{})
 	if err := pc.write("%s", ok); err != nil {
+		s.log.Info("inbound: client left before its login's answer", "protocol", POP3, "client", pc.ip.String(), "user", user, "account", account)
 		u.conn.Close()
 		return true, false
 	}

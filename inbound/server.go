@@ -306,7 +306,12 @@ func (s *Server) checkPassword(ip netip.Addr, protocol, user, pass string) (acco
 			s.log.Warn("inbound: address locked out after failed logins; every IMAP/POP3 login from it is refused until the lock ends",
 				"client", ip.String(), "protocol", protocol, "failed_logins", n, "locked_for", d.String())
 		}
-		s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", user)
+		if s.opts.Users.known(user) {
+			s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", user)
+		} else {
+			// Not named: it may be a password typed into the user field.
+			s.log.Info("inbound: local login refused", "protocol", protocol, "client", ip.String(), "user", "(unknown user)")
+		}
 		return "", LoginBadPassword
 	}
 	s.logins.put(user, pass, account)

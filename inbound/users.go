@@ -106,6 +106,13 @@ func (u *Users) check(user, pass string) (account string, ok bool) {
 	return lu.account, true
 }
 
+// known reports whether user is a local user (for logging a name only
+// when it is one: a password typed into the user field is not).
+func (u *Users) known(user string) bool {
+	_, ok := u.by[user]
+	return ok
+}
+
 // Accounts lists the accounts the users sign in to, sorted.
 func (u *Users) Accounts() []string {
 	var out []string

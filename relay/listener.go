@@ -449,7 +449,11 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			hash = s.l.dummyHash // same work, same time, same log line for unknown users
 		}
 		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil || !ok {
-			s.l.log.Warn("smtp: authentication failed", "client", s.remote.String(), "user", user)
+			logged := user
+			if !ok {
+				logged = "(unknown user)" // perhaps a password typed into the user field
+			}
+			s.l.log.Warn("smtp: authentication failed", "client", s.remote.String(), "user", logged)
 			return errAuthFailed
 		}
 		s.authUser = user

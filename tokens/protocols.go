@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"slices"
 	"strings"
 )
 
@@ -44,16 +45,27 @@ func (m *Manager) AuthRefused(account, protocol, reply string) Explanation {
 		return ExplainProtocolAuth(protocol, reply, Account{Name: account}, "")
 	}
 	var by string
+	var granted []string
 	if rec, ok, err := m.opts.Store.Get(account); err == nil && ok {
-		by = rec.ConsentedBy
+		by, granted = rec.ConsentedBy, rec.Scopes
 	}
 	ex := ExplainProtocolAuth(protocol, reply, a.Account, by)
+	if slices.Contains(missingProtocols(a.Account, granted), protocol) {
+		// The sign-in did not grant it: that is the fix, before anything
+		// on Microsoft's side.
+		ex.Detail = "The sign-in did not grant " + a.protocolScope(protocol) + ". " + ex.Detail
+		ex.Action = "press Connect (the account asks for " + protocol + " now) and sign in again; if it persists: " + ex.Action
+	}
 	a.mu.Lock()
 	if a.refused == nil {
 		a.refused = map[string]Explanation{}
 	}
+	_, already := a.refused[protocol]
 	a.refused[protocol] = ex
 	a.mu.Unlock()
+	if already { // sessions refused at once say it once
+		return ex
+	}
 	m.log.Warn("tokens: Microsoft refused the account's "+strings.ToUpper(protocol)+" login with a fresh token; its "+
 		strings.ToUpper(protocol)+" logins stop until it is signed in again or retried",
 		"account", account, "protocol", protocol, "explanation", ex.String())
