@@ -76,7 +76,8 @@ func (s *Server) imapSession(c net.Conn) (logged *relay) {
 	ip, ok, loopback := s.allowed(c)
 	ic := &imapConn{s: s, c: c, r: newLineReader(c), ip: ip, loopback: loopback}
 	defer func() { logged = ic.rel }()
-	c.SetWriteDeadline(time.Now().Add(s.opts.LoginTimeout))
+	start := time.Now()
+	c.SetWriteDeadline(start.Add(s.opts.LoginTimeout))
 	if !ok {
 		ic.write("* BYE access denied: %s is not in listen.allowed_networks", ip)
 		return
@@ -84,7 +85,10 @@ func (s *Server) imapSession(c net.Conn) (logged *relay) {
 	ic.write("* OK [CAPABILITY %s] oauthrelay IMAP proxy ready", ic.caps())
 	bad, failures := 0, 0
 	for bad < imapMaxBad && failures < maxLoginFailures {
-		c.SetDeadline(time.Now().Add(s.opts.LoginTimeout))
+		if !s.loginDeadline(ic.c, start) {
+			ic.write("* BYE login took too long")
+			return
+		}
 		tag, cmd, args, err := ic.readCommand()
 		if err != nil {
 			var be *imapBad

@@ -542,3 +542,68 @@ func TestIMAP_InvalidTagsRefused(t *testing.T) {
 		t.Errorf("an unknown command echoed as %d bytes: %.80q", len(l), l)
 	}
 }
+
+// Before login an address may hold 20 connections at once, and none for
+// longer than the login phase allows, however many NOOPs it sends.
+func TestIMAP_LoginPhaseLimits(t *testing.T) {
+	_, pool := testTLS(t)
+	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) {
+		o.LoginPhaseMax = 500 * time.Millisecond
+	})
+	var open []*client
+	for range maxPreLogin {
+		c := dial(t, h.imapAddr)
+		c.expect("* OK")
+		open = append(open, c)
+	}
+	extra := dial(t, h.imapAddr)
+	extra.expect("* BYE [UNAVAILABLE] too many connections from your address")
+	c := open[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		io.WriteString(c.c, "n NOOP\r\n")
+		l, err := c.r.ReadString('\n')
+		if err != nil || strings.HasPrefix(l, "* BYE login took too long") {
+			break // ended, with BYE or (its read deadline passed) without
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("NOOPs kept a connection in the login phase past its limit")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Its place is free again.
+	waitUntil := time.Now().Add(2 * time.Second)
+	for {
+		n := dial(t, h.imapAddr)
+		if l := n.line(); strings.HasPrefix(l, "* OK") {
+			break
+		} else if time.Now().After(waitUntil) {
+			t.Fatalf("after one left: %q", l)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A client that asks for a big reply and never reads it loses the session
+// once a write to it has waited writeTimeout: its account slot comes back.
+func TestIMAP_ClientThatNeverReadsIsCut(t *testing.T) {
+	old := writeTimeout
+	writeTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { writeTimeout = old })
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.Events = Events{} })
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send("a LOGIN app apppw")
+	c.expect("a OK")
+	big := strings.Repeat("x", 32<<20)
+	go fmt.Fprintf(c.c, "b APPEND INBOX {%d+}\r\n%s\r\n", len(big), big) // echoed back; never read
+	deadline := time.Now().Add(10 * time.Second)
+	for h.srv.Sessions()[testAccount][IMAP] != 0 || len(h.srv.Sessions()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session of a client that never reads is still open: %v", h.srv.Sessions())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

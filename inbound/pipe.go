@@ -121,12 +121,12 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		}
 	}
 	go func() {
-		n, err := copyAdaptive(up, fromClient)
+		n, err := copyAdaptive(timedWriter{up, nil}, fromClient)
 		in = n
 		ended(up, err)
 	}()
 	go func() {
-		n, err := copyAdaptive(activity{client, &lastOut}, fromUp)
+		n, err := copyAdaptive(timedWriter{client, &lastOut}, fromUp)
 		out = n
 		ended(client, err)
 	}()
@@ -136,15 +136,24 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 // side waits for the upstream to say something more.
 const quietAfterEOF = 5 * time.Second
 
-// activity notes when bytes were last written to w.
-type activity struct {
-	w    io.Writer
+// writeTimeout is how long a write may wait for the other side to read: a
+// client that asks for a FETCH and never reads it (or an upstream that
+// stops reading) does not hold the session, and an account slot, for ever.
+var writeTimeout = 5 * time.Minute
+
+// timedWriter writes to c with writeTimeout, and notes in last (if set)
+// when bytes were last written.
+type timedWriter struct {
+	c    net.Conn
 	last *atomic.Int64
 }
 
-func (a activity) Write(p []byte) (int, error) {
-	n, err := a.w.Write(p)
-	a.last.Store(time.Now().UnixNano())
+func (w timedWriter) Write(p []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	n, err := w.c.Write(p)
+	if w.last != nil {
+		w.last.Store(time.Now().UnixNano())
+	}
 	return n, err
 }
 

@@ -49,7 +49,8 @@ func (s *Server) pop3Session(c net.Conn) (logged *relay) {
 	ip, ok, loopback := s.allowed(c)
 	pc := &pop3Conn{s: s, c: c, r: newLineReader(c), ip: ip, loopback: loopback}
 	defer func() { logged = pc.rel }()
-	c.SetWriteDeadline(time.Now().Add(s.opts.LoginTimeout))
+	start := time.Now()
+	c.SetWriteDeadline(start.Add(s.opts.LoginTimeout))
 	if !ok {
 		pc.write("-ERR [SYS/PERM] access denied: %s is not in listen.allowed_networks", ip)
 		return
@@ -58,7 +59,10 @@ func (s *Server) pop3Session(c net.Conn) (logged *relay) {
 	var user string
 	bad, failures := 0, 0
 	for bad < pop3MaxBad && failures < maxLoginFailures {
-		c.SetDeadline(time.Now().Add(s.opts.LoginTimeout))
+		if !s.loginDeadline(pc.c, start) {
+			pc.write("-ERR [SYS/TEMP] login took too long")
+			return
+		}
 		line, err := pc.r.readLine(pop3MaxLine)
 		if err != nil {
 			if err == errLineTooLong {

@@ -91,6 +91,8 @@ type Options struct {
 	MaxConnectionsPerAccount int
 	// LoginTimeout bounds each client read before login. Default 1 min.
 	LoginTimeout time.Duration
+	// LoginPhaseMax bounds the whole login phase. Default 2 min.
+	LoginPhaseMax time.Duration
 	// DialTimeout bounds connecting to the upstream with TLS; UpstreamTimeout
 	// each upstream reply during its login. Defaults 30 s each.
 	DialTimeout, UpstreamTimeout time.Duration
@@ -129,6 +131,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	perAccount map[string]int
+	preLogin   map[netip.Addr]int // connections in the login phase, per client address
 	open       map[string]map[string]int // account → protocol → relayed sessions
 	conns      map[net.Conn]struct{}
 	listeners  []net.Listener
@@ -143,6 +146,9 @@ func New(opts Options) *Server {
 	}
 	if opts.LoginTimeout <= 0 {
 		opts.LoginTimeout = time.Minute
+	}
+	if opts.LoginPhaseMax <= 0 {
+		opts.LoginPhaseMax = 2 * time.Minute
 	}
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = 30 * time.Second
@@ -166,7 +172,7 @@ func New(opts Options) *Server {
 	return &Server{opts: opts, log: opts.Logger, lockout: lockout.New[netip.Addr](freeFailures, opts.LockoutBase, opts.LockoutMax),
 		logins: newLoginCache(opts.LoginCacheTTL, 10000, time.Now),
 		upTLS:  map[string]*tls.Config{}, tlsCache: tls.NewLRUClientSessionCache(64),
-		ctx: ctx, cancel: cancel, perAccount: map[string]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
+		ctx: ctx, cancel: cancel, perAccount: map[string]int{}, preLogin: map[netip.Addr]int{}, open: map[string]map[string]int{}, conns: map[net.Conn]struct{}{}}
 }
 
 // ServeIMAP accepts IMAP clients on ln until Close.
@@ -442,18 +448,60 @@ func (s *Server) dial(addr string) (*upstreamConn, error) {
 	return &upstreamConn{conn: c, br: newLineReader(c)}, nil
 }
 
+// maxPreLogin is how many connections one address may have in the login
+// phase at once.
+const maxPreLogin = 20
+
+// loginDeadline sets c's deadline for the next command: LoginTimeout, but
+// not past LoginPhaseMax from start (a client that keeps sending NOOP does
+// not hold a connection for ever). It reports false once that is over.
+func (s *Server) loginDeadline(c net.Conn, start time.Time) bool {
+	end := start.Add(s.opts.LoginPhaseMax)
+	if !time.Now().Before(end) {
+		return false
+	}
+	next := time.Now().Add(s.opts.LoginTimeout)
+	if next.After(end) {
+		next = end
+	}
+	c.SetDeadline(next)
+	return true
+}
+
 // serveConn runs one client's login phase and, once it is logged in,
 // hands the session to the two goroutines that relay its bytes; end runs
 // when the client is gone, either way. The goroutine that ran the login
 // (bcrypt, the TLS handshake upstream: a deep stack) ends at the hand-off,
 // so an idle session holds only two shallow ones.
 func (s *Server) serveConn(c net.Conn, protocol string, end func()) {
+	ip := remoteIP(c)
+	s.mu.Lock()
+	busy := s.preLogin[ip] >= maxPreLogin
+	if !busy {
+		s.preLogin[ip]++
+	}
+	s.mu.Unlock()
+	if busy {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if protocol == IMAP {
+			io.WriteString(c, "* BYE [UNAVAILABLE] too many connections from your address are still logging in\r\n")
+		} else {
+			io.WriteString(c, "-ERR [SYS/TEMP] too many connections from your address are still logging in\r\n")
+		}
+		end()
+		return
+	}
 	var r *relay
 	if protocol == IMAP {
 		r = s.imapSession(c)
 	} else {
 		r = s.pop3Session(c)
 	}
+	s.mu.Lock()
+	if s.preLogin[ip]--; s.preLogin[ip] <= 0 {
+		delete(s.preLogin, ip)
+	}
+	s.mu.Unlock()
 	if r == nil {
 		end()
 		return
@@ -541,3 +589,12 @@ func LoginResults() []string {
 // freeFailures per address before the first lock of its logins
 // (internal/lockout), as many as SMTP AUTH allows.
 const freeFailures = 5
+
+// remoteIP is c's client address (the zero Addr if it has none).
+func remoteIP(c net.Conn) netip.Addr {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
