@@ -131,7 +131,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	perAccount map[string]int
-	preLogin   map[netip.Addr]int // connections in the login phase, per client address
+	preLogin   map[netip.Addr]int        // connections in the login phase, per client address
 	open       map[string]map[string]int // account → protocol → relayed sessions
 	conns      map[net.Conn]struct{}
 	listeners  []net.Listener
