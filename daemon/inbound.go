@@ -11,6 +11,7 @@ import (
 	"github.com/oauthrelay/oauthrelay/inbound"
 	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // newInbound builds the IMAP and POP3 proxies: local users from
@@ -49,7 +50,7 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 			m.inboundLogins.WithLabelValues(p, r) // each shows from the start, at 0
 		}
 	}
-	return inbound.New(inbound.Options{
+	srv := inbound.New(inbound.Options{
 		Users: users, Tokens: toks, AllowedNetworks: lc.AllowedNetworks,
 		IMAPUpstream: c.Inbound.IMAP.Upstream, POP3Upstream: c.Inbound.POP3.Upstream, RootCAs: uc.RootCAs,
 		UpstreamFor: func(account, protocol string) string {
@@ -76,7 +77,30 @@ func newInbound(c *configs.Config, lc relay.ListenerConfig, uc relay.UpstreamCon
 			},
 		},
 		Logger: log,
-	}), nil
+	})
+	m.reg.MustRegister(openSessions{srv.Sessions})
+	return srv, nil
+}
+
+// openSessions is the gauge oauthrelay_inbound_sessions_open{protocol,
+// account}: the sessions relayed now, read from the server at each scrape
+// (so an alert can fire before an account reaches its cap).
+type openSessions struct {
+	get func() map[string]map[string]int
+}
+
+var openSessionsDesc = prometheus.NewDesc("oauthrelay_inbound_sessions_open",
+	"IMAP and POP3 sessions relayed to the upstream now, by protocol and account (inbound.max_connections_per_account caps each account's).",
+	[]string{"protocol", "account"}, nil)
+
+func (o openSessions) Describe(ch chan<- *prometheus.Desc) { ch <- openSessionsDesc }
+
+func (o openSessions) Collect(ch chan<- prometheus.Metric) {
+	for account, byProto := range o.get() {
+		for proto, n := range byProto {
+			ch <- prometheus.MustNewConstMetric(openSessionsDesc, prometheus.GaugeValue, float64(n), proto, account)
+		}
+	}
 }
 
 func (r *Relay) serveIMAP(ln net.Listener) error { return r.Inbound.ServeIMAP(ln) }

@@ -426,3 +426,36 @@ func TestInbound_HalfClosingScriptGetsEverything(t *testing.T) {
 		}
 	}
 }
+
+// /metrics shows the sessions open now per account and protocol, and when
+// they end counts them and their bytes.
+func TestInbound_Metrics(t *testing.T) {
+	t.Parallel()
+	h, pw := newInboundHarness(t, nil)
+	x := dialIMAPProxy(t, h.relay.IMAPAddr())
+	x.cmd(t, "a", "LOGIN "+inboundUser+" "+pw)
+	x.cmd(t, "b", "SELECT INBOX")
+	metric := func(series string) string {
+		_, body := api(t, h, "GET", "/metrics", h.relay.AdminToken)
+		for _, l := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(l, series+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if v := metric(`oauthrelay_inbound_sessions_open{account="helpdesk",protocol="imap"}`); v != "1" {
+		t.Errorf("sessions_open during the session = %q, want 1", v)
+	}
+	x.cmd(t, "z", "LOGOUT")
+	x.c.Close()
+	waitFor(t, "the session counted", 5*time.Second, func() bool {
+		return metric(`oauthrelay_inbound_sessions_total{account="helpdesk",protocol="imap"}`) == "1"
+	})
+	if v := metric(`oauthrelay_inbound_sessions_open{account="helpdesk",protocol="imap"}`); v != "" && v != "0" {
+		t.Errorf("sessions_open after the session = %q", v)
+	}
+	if v := metric(`oauthrelay_inbound_bytes_total{direction="out",protocol="imap"}`); v == "" || v == "0" {
+		t.Errorf("bytes out = %q", v)
+	}
+}
