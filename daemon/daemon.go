@@ -9,10 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/inbound"
@@ -412,7 +413,7 @@ func upstreamConfig(c *configs.Config) (relay.UpstreamConfig, []relay.UpstreamAc
 		roots = x509.NewCertPool()
 	}
 	if c.Upstream.CAFile != "" {
-		pem, err := os.ReadFile(c.Upstream.CAFile)
+		pem, err := credfile.Read(c.Upstream.CAFile)
 		if err != nil {
 			return uc, nil, nil, fmt.Errorf("upstream.ca_file: %w", err)
 		}

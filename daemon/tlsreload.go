@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 )
 
 // certReloader serves listen.tls's certificate and picks up a renewed one
@@ -27,7 +29,7 @@ type certReloader struct {
 
 func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
 	r := &certReloader{certFile: certFile, keyFile: keyFile, interval: 10 * time.Second, log: log}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cert, err := loadPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("listen.tls: %w", err)
 	}
@@ -57,7 +59,7 @@ func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	if stamp == r.stamp {
 		return r.cert, nil
 	}
-	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	cert, err := loadPair(r.certFile, r.keyFile)
 	if err != nil {
 		// Half-written files (the key renewed before the certificate)
 		// are retried at the next check; the old pair serves meanwhile.
@@ -67,4 +69,18 @@ func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	r.cert, r.stamp = &cert, stamp
 	r.log.Info("listen.tls: certificate reloaded", "cert_file", r.certFile)
 	return r.cert, nil
+}
+
+// loadPair is tls.LoadX509KeyPair reading the files as credential files
+// (regular, small: a FIFO does not hang the start).
+func loadPair(certFile, keyFile string) (tls.Certificate, error) {
+	cert, err := credfile.Read(certFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := credfile.Read(keyFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(cert, key)
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/oauthrelay/oauthrelay/configs"
 	"github.com/oauthrelay/oauthrelay/inbound"
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 	"github.com/oauthrelay/oauthrelay/relay"
 	"github.com/oauthrelay/oauthrelay/tokens"
 )
@@ -58,10 +61,11 @@ func checkCertificates(c *configs.Config, now time.Time) (configs.Problems, []st
 	return problems, warnings
 }
 
-// checkUsersFiles reads listen.auth.users_file and inbound.users_file as
-// serve does at start, so a line serve would refuse (a blank one with an
-// account appended, a hash that is not bcrypt, an unknown account) is
-// found here; a file this user may not read is a warning only.
+// checkUsersFiles reads the files serve reads at start — upstream.ca_file,
+// listen.tls's pair, listen.auth.users_file and inbound.users_file — so
+// what serve would refuse (a missing file, a line with an account appended
+// to a blank one, a hash that is not bcrypt, an unknown account) is found
+// here; a file this user may not read is a warning only.
 func checkUsersFiles(c *configs.Config) (configs.Problems, []string) {
 	var problems configs.Problems
 	var warnings []string
@@ -76,6 +80,32 @@ func checkUsersFiles(c *configs.Config) (configs.Problems, []string) {
 		default:
 			problems = append(problems, configs.Problem{Key: key, Msg: strings.TrimPrefix(strings.TrimPrefix(err.Error(), key+": "), key+" ")})
 		}
+	}
+	check("upstream.ca_file", c.Upstream.CAFile, func() error {
+		pem, err := credfile.Read(c.Upstream.CAFile)
+		if err != nil {
+			return err
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("%s holds no PEM certificate — name the CA certificate (-----BEGIN CERTIFICATE-----) to trust", c.Upstream.CAFile)
+		}
+		return nil
+	})
+	if c.Listen.TLS.CertFile != "" {
+		check("listen.tls.cert_file", c.Listen.TLS.CertFile, func() error {
+			cert, err := credfile.Read(c.Listen.TLS.CertFile)
+			if err != nil {
+				return err
+			}
+			key, err := credfile.Read(c.Listen.TLS.KeyFile)
+			if err != nil {
+				return fmt.Errorf("listen.tls.key_file: %w", err)
+			}
+			if _, err := tls.X509KeyPair(cert, key); err != nil {
+				return fmt.Errorf("%s and %s are not a certificate and its key: %v", c.Listen.TLS.CertFile, c.Listen.TLS.KeyFile, err)
+			}
+			return nil
+		})
 	}
 	check("listen.auth.users_file", c.Listen.Auth.UsersFile, func() error {
 		_, err := relay.LoadUsers(c.Listen.Auth.UsersFile)

@@ -184,3 +184,37 @@ accounts:
 		t.Fatalf("a good users file: %v\n%s", err, out)
 	}
 }
+
+// check-config refuses the files serve would refuse at start: a missing
+// upstream.ca_file, one with no certificate, a listen.tls pair that is not.
+func TestCheckConfig_StartFiles(t *testing.T) {
+	cc := clientCert(t, time.Now().Add(time.Hour))
+	other := clientCert(t, time.Now().Add(time.Hour))
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o600)
+		return p
+	}
+	ca, notPEM := write("ca.pem", cc.CertPEM), write("junk.pem", []byte("hello"))
+	crt, key, otherKey := write("tls.crt", cc.CertPEM), write("tls.key", cc.KeyPEM), write("other.key", other.KeyPEM)
+	for _, tc := range []struct{ name, yaml, key string }{
+		{"a good CA and pair", "upstream:\n  ca_file: " + ca + "\nlisten:\n  tls:\n    cert_file: " + crt + "\n    key_file: " + key + "\n", ""},
+		{"a missing CA file", "upstream:\n  ca_file: /nonexistent/ca.pem\n", "upstream.ca_file"},
+		{"a CA file with no certificate", "upstream:\n  ca_file: " + notPEM + "\n", "upstream.ca_file"},
+		{"a missing TLS certificate", "listen:\n  tls:\n    cert_file: /nonexistent/tls.crt\n    key_file: " + key + "\n", "listen.tls.cert_file"},
+		{"a key of another certificate", "listen:\n  tls:\n    cert_file: " + crt + "\n    key_file: " + otherKey + "\n", "listen.tls.cert_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := write("c.yaml", []byte(tc.yaml+"spool:\n  dir: "+filepath.Join(dir, "spool")+"\nkeysafe:\n  path: "+filepath.Join(dir, "ks.bin")+
+				"\naccounts:\n  - name: a\n    tenant: t.test\n    client_id: c\n    mailbox: a@t.test\n    senders: [\"*@t.test\"]\n"))
+			_, err := run(t, "check-config", "--config", file)
+			switch {
+			case tc.key == "" && err != nil:
+				t.Fatalf("check-config: %v", err)
+			case tc.key != "" && (err == nil || !strings.Contains(err.Error(), tc.key)):
+				t.Fatalf("check-config: %v, want a problem naming %s", err, tc.key)
+			}
+		})
+	}
+}

@@ -38,15 +38,23 @@ func newAPIClient(cmd *cobra.Command) (*apiClient, error) {
 	return apiClientFor(cmd, &loaded.Config)
 }
 
+// adminDialAddr is where the CLI reaches the admin server of c.
+func adminDialAddr(c *configs.Config) string {
+	host, port, err := net.SplitHostPort(c.Admin.Addr)
+	if err != nil {
+		return ""
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
 // apiClientFor is newAPIClient for a configuration already loaded.
 func apiClientFor(cmd *cobra.Command, c *configs.Config) (*apiClient, error) {
 	base, _ := cmd.Flags().GetString("server")
 	if base == "" {
-		host, port, _ := net.SplitHostPort(c.Admin.Addr)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		base = "http://" + net.JoinHostPort(host, port)
+		base = "http://" + adminDialAddr(c)
 	}
 	token := c.Admin.Token
 	if token == "" {

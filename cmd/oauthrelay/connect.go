@@ -67,6 +67,13 @@ delivers the account's waiting mail.
 				case !isUnreachable(err):
 					return fmt.Errorf("the relay is running at %s but refused the CLI (%v); fix the admin token, or stop serve to connect offline", api.base, err)
 				}
+			} else if addr := adminDialAddr(c); addr != "" {
+				// No admin token here, but is a relay running? Then signing
+				// in offline would write its keysafe behind its back.
+				if conn, derr := net.DialTimeout("tcp", addr, time.Second); derr == nil {
+					conn.Close()
+					return fmt.Errorf("a relay is running at %s, and connect goes through it, but this shell has no admin token: %v — export OAUTHRELAY_ADMIN_TOKEN (as the service has it, e.g. from its environment file) or run as a user who may read the token file", addr, err)
+				}
 			}
 			if _, err := mustLoad(func() (*configs.Loaded, error) { return loaded, fullErr }); err != nil {
 				return err

@@ -146,3 +146,29 @@ func TestConnectOneShot_NeedsThePrintedKey(t *testing.T) {
 		}
 	}
 }
+
+// connect, with no relay running, refuses a configuration it cannot sign
+// in with and names the key (its problems once printed as "  : ").
+func TestConnect_OfflineNamesTheProblem(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "oauthrelay.yaml")
+	os.WriteFile(file, []byte(`
+admin:
+  addr: 127.0.0.1:1
+spool:
+  dir: `+filepath.Join(dir, "spool")+`
+keysafe:
+  path: `+filepath.Join(dir, "keysafe.bin")+`
+accounts:
+  - name: gmail
+    provider: google
+    client_id: x.apps.googleusercontent.com
+    client_secret: ${SURELY_UNSET_SECRET_FOR_TEST}
+    mailbox: a@example.com
+    senders: ["*@example.com"]
+`), 0o600)
+	_, err := run(t, "connect", "gmail", "--config", file)
+	if err == nil || !strings.Contains(err.Error(), "accounts[0].client_secret") {
+		t.Fatalf("connect: %v", err)
+	}
+}

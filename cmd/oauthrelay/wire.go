@@ -70,7 +70,9 @@ func onlyProblemsAbout(ps configs.Problems, keys []string) configs.Problems {
 	if keys == nil {
 		return ps
 	}
-	return slices.DeleteFunc(ps, func(p configs.Problem) bool { return p.Key != "" && !slices.Contains(keys, p.Key) })
+	// A copy: DeleteFunc would clear the tail of ps, which the caller may
+	// still print.
+	return slices.DeleteFunc(slices.Clone(ps), func(p configs.Problem) bool { return p.Key != "" && !slices.Contains(keys, p.Key) })
 }
 
 // onlyWarningsAbout keeps the warnings about keys (all if keys is nil).
