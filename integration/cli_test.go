@@ -21,16 +21,27 @@ func TestCLI_DemoKeepCleansUpOnSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill() })
-	var dir string
+	var dir, smtpAddr string
 	sc := bufio.NewScanner(out)
 	deadline := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
 	defer deadline.Stop()
 	for sc.Scan() {
+		if m := regexp.MustCompile(`SMTP on (\S+),`).FindStringSubmatch(sc.Text()); m != nil {
+			smtpAddr = m[1]
+		}
 		if m := regexp.MustCompile(`removes (\S+)\)`).FindStringSubmatch(sc.Text()); m != nil {
 			dir = m[1]
 			break
 		}
 	}
+	// While it is kept, mail sent to it is delivered (it once hung its
+	// stop after the first extra message).
+	for i := range 3 {
+		if _, err := send(smtpAddr, "alerts@contoso.test", []string{"bob@example.com"}, message(i, "alerts@contoso.test", "bob@example.com", ""), nil); err != nil {
+			t.Fatalf("sending to the kept demo at %q: %v", smtpAddr, err)
+		}
+	}
+	time.Sleep(time.Second)
 	if dir == "" {
 		t.Fatal("demo --keep did not say where it keeps its files")
 	}

@@ -95,7 +95,10 @@ func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) error {
 	delivered := make(chan string, 1)
 	r, err := daemon.New(&c, log, daemon.Hooks{Upstream: relay.UpstreamEvents{
 		Delivered: func(id, account string, reply queue.Reply, since time.Duration, _ bool) {
-			delivered <- fmt.Sprintf("%s (%s after it was accepted)", reply, since.Round(time.Millisecond))
+			select { // the demo's own message; with --keep, more may follow: never block delivery
+			case delivered <- fmt.Sprintf("%s (%s after it was accepted)", reply, since.Round(time.Millisecond)):
+			default:
+			}
 		},
 	}})
 	if err != nil {
