@@ -67,8 +67,8 @@ A device code is approved by opening
 				return err
 			}
 			fmt.Fprintf(w, "# fake Microsoft 365 running; in oauthrelay.yaml:\n")
-			fmt.Fprintf(w, "upstream:\n  addr: %s\n  ca_file: %s\naccounts:\n  - authority: %s   # on each account\n", m.SMTP.Addr, caFile, m.Entra.URL)
-			fmt.Fprintf(w, "# IMAP (implicit TLS, XOAUTH2): %s\n# POP3 (implicit TLS, XOAUTH2): %s\n", m.IMAP.Addr, m.POP3.Addr)
+			fmt.Fprintf(w, "upstream:\n  addr: %s\n  ca_file: %s\ninbound:   # for reading mail (IMAP/POP3, implicit TLS, XOAUTH2)\n  imap:\n    upstream: %s\n  pop3:\n    upstream: %s\naccounts:\n  - authority: %s   # on each account\n",
+				m.SMTP.Addr, caFile, m.IMAP.Addr, m.POP3.Addr, m.Entra.URL)
 			fmt.Fprintf(w, "# approve a device code: %s/device?code=<code>&upn=<mailbox>\n# Ctrl-C stops\n", m.Entra.URL)
 			<-cmd.Context().Done()
 			return nil
