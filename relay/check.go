@@ -41,6 +41,9 @@ func (d *Upstream) Check(ctx context.Context, account, signedInAs string) CheckR
 		return res
 	}
 
+	// A real token request, not the cached token: a check after changing
+	// a secret or a certificate must try it.
+	d.tokens.Invalidate(account)
 	g, err := d.tokens.Grants(ctx, account)
 	if err != nil {
 		s := CheckStep{Step: "token", Detail: "could not get an access token: " + err.Error()}
