@@ -89,7 +89,7 @@ func (m *Manager) handleCallback(w http.ResponseWriter, r *http.Request) {
 	if !ok || state == "" || m.opts.Now().Sub(p.created) > stateLifetime {
 		renderResult(w, http.StatusBadRequest, result{Title: "This sign-in link is not valid any more",
 			Detail: "It expired, was already used, or was not started from this relay.",
-			Action: "Go back to the status page and press Connect again."})
+			Action: "Go back to the status page and press Connect again.", Failed: true})
 		return
 	}
 	a := m.accounts[p.account]

@@ -169,7 +169,7 @@ func (s *Server) apiAccountRetry(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusConflict, map[string]any{"error": "still not working: " + err.Error(), "account": st})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"result": "resumed: its mail is being sent now", "account": st})
+	writeJSON(w, http.StatusOK, map[string]any{"result": "resumed: any mail waiting for it is being sent now", "account": st})
 }
 
 func (s *Server) apiAccountTest(w http.ResponseWriter, r *http.Request) {
