@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -65,5 +66,29 @@ func TestCertReloader_PicksUpRenewal(t *testing.T) {
 	writePair(t, cf, kf, "new.test")
 	if cn := servedCN(t, r); cn != "new.test" {
 		t.Errorf("after renewal serves %s", cn)
+	}
+	// Swapped for a device or a FIFO: refused at once (no endless read,
+	// no hang), the renewed certificate stays in use.
+	for _, target := range []string{"/dev/zero", "fifo"} {
+		if target == "fifo" {
+			target = filepath.Join(dir, "fifo")
+			if err := syscall.Mkfifo(target, 0o600); err != nil {
+				t.Skip(err)
+			}
+		}
+		os.Remove(cf)
+		if err := os.Symlink(target, cf); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan string, 1)
+		go func() { done <- servedCN(t, r) }()
+		select {
+		case cn := <-done:
+			if cn != "new.test" {
+				t.Errorf("with %s as the certificate: serves %s", target, cn)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("with %s as the certificate, a handshake hangs", target)
+		}
 	}
 }

@@ -93,8 +93,13 @@ func (s *Server) imapSession(c net.Conn) (logged *relay) {
 		if err != nil {
 			var be *imapBad
 			if !errors.As(err, &be) {
-				if errors.Is(err, errLineTooLong) {
+				var ne net.Error
+				switch {
+				case errors.Is(err, errLineTooLong):
 					ic.write("* BYE command line too long")
+				case errors.As(err, &ne) && ne.Timeout():
+					ic.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					ic.write("* BYE autologout: no login in time")
 				}
 				return
 			}
@@ -301,6 +306,9 @@ func (ic *imapConn) readCommand() (tag, cmd string, args []string, err error) {
 	line, err := ic.r.readLine(imapMaxLine)
 	if err != nil {
 		return "", "", nil, err
+	}
+	if strings.HasPrefix(line, " ") {
+		return "", "", nil, &imapBad{tag: "*", msg: "a command starts with its tag"}
 	}
 	var all []string
 	for {

@@ -557,7 +557,7 @@ func TestIMAP_LoginPhaseLimits(t *testing.T) {
 		open = append(open, c)
 	}
 	extra := dial(t, h.imapAddr)
-	extra.expect("* BYE [UNAVAILABLE] too many connections from your address")
+	extra.expect("* BYE [UNAVAILABLE] too many connections are still logging in")
 	c := open[0]
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -606,4 +606,43 @@ func TestIMAP_ClientThatNeverReadsIsCut(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// A half-closing client that reads its big reply only later still gets all
+// of it: a write still under way is not the upstream falling quiet.
+func TestIMAP_HalfCloseThenSlowReaderGetsEverything(t *testing.T) {
+	tlsCfg, pool := testTLS(t)
+	up := startUpstream(t, tlsCfg, []string{"tok"}, imapUpstream(""))
+	h := newHarness(t, pool, up.addr, "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) { o.Events = Events{} })
+	big := strings.Repeat("0123456789abcdef", 1<<19) // 8 MiB: more than the sockets buffer
+	c, err := net.Dial("tcp", h.imapAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() {
+		fmt.Fprintf(c, "a LOGIN app apppw\r\nb APPEND INBOX {%d+}\r\n%s\r\nc LOGOUT\r\n", len(big), big)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	time.Sleep(time.Second) // several times the harness's quiet period (300 ms)
+	got, err := io.ReadAll(c)
+	if !strings.HasSuffix(string(got), "c OK LOGOUT completed.\r\n") || !strings.Contains(string(got), big) {
+		t.Fatalf("%d bytes (%v), ending %q", len(got), err, string(got[max(0, len(got)-40):]))
+	}
+}
+
+// A line that starts with a space is not taken as tag + command; a login
+// phase that runs out of time ends with a BYE.
+func TestIMAP_LeadingSpaceAndAutologout(t *testing.T) {
+	_, pool := testTLS(t)
+	h := newHarness(t, pool, "127.0.0.1:1", "127.0.0.1:1", &fakeTokens{tokens: []string{"tok"}}, func(o *Options) {
+		o.LoginTimeout = 200 * time.Millisecond
+	})
+	c := dial(t, h.imapAddr)
+	c.expect("* OK")
+	c.send(" NOOP")
+	c.expect("* BAD a command starts with its tag")
+	c.expect("* BYE autologout")
 }

@@ -78,6 +78,7 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		running = 2
 		in, out int64
 		lastOut atomic.Int64 // when bytes last went upstream → client (UnixNano)
+		writing atomic.Bool  // a write to the client is under way (it may be slow to read)
 	)
 	lastOut.Store(time.Now().UnixNano())
 	both := func() { once.Do(func() { client.Close(); up.Close() }) }
@@ -88,7 +89,10 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 	quiet := min(grace, quietAfterEOF)
 	var idle func()
 	idle = func() {
-		if q := time.Since(time.Unix(0, lastOut.Load())); q < quiet {
+		if q := time.Since(time.Unix(0, lastOut.Load())); q < quiet || writing.Load() {
+			if writing.Load() {
+				q = 0 // a reply still going out is not quiet; writeTimeout bounds it
+			}
 			mu.Lock()
 			timer = time.AfterFunc(quiet-q, idle)
 			mu.Unlock()
@@ -121,12 +125,12 @@ func pipe(client net.Conn, fromClient io.Reader, up net.Conn, fromUp io.Reader, 
 		}
 	}
 	go func() {
-		n, err := copyAdaptive(timedWriter{up, nil}, fromClient)
+		n, err := copyAdaptive(timedWriter{up, nil, nil}, fromClient)
 		in = n
 		ended(up, err)
 	}()
 	go func() {
-		n, err := copyAdaptive(timedWriter{client, &lastOut}, fromUp)
+		n, err := copyAdaptive(timedWriter{client, &lastOut, &writing}, fromUp)
 		out = n
 		ended(client, err)
 	}()
@@ -142,13 +146,19 @@ const quietAfterEOF = 5 * time.Second
 var writeTimeout = 5 * time.Minute
 
 // timedWriter writes to c with writeTimeout, and notes in last (if set)
-// when bytes were last written.
+// when bytes were last written and in writing (if set) while a write is
+// under way.
 type timedWriter struct {
-	c    net.Conn
-	last *atomic.Int64
+	c       net.Conn
+	last    *atomic.Int64
+	writing *atomic.Bool
 }
 
 func (w timedWriter) Write(p []byte) (int, error) {
+	if w.writing != nil {
+		w.writing.Store(true)
+		defer w.writing.Store(false)
+	}
 	w.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, err := w.c.Write(p)
 	if w.last != nil {

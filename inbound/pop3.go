@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -65,8 +66,13 @@ func (s *Server) pop3Session(c net.Conn) (logged *relay) {
 		}
 		line, err := pc.r.readLine(pop3MaxLine)
 		if err != nil {
-			if err == errLineTooLong {
+			var ne net.Error
+			switch {
+			case err == errLineTooLong:
 				pc.write("-ERR line too long")
+			case errors.As(err, &ne) && ne.Timeout():
+				pc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				pc.write("-ERR [SYS/TEMP] no login in time")
 			}
 			return
 		}

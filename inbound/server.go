@@ -129,14 +129,15 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	perAccount map[string]int
-	preLogin   map[netip.Addr]int        // connections in the login phase, per client address
-	open       map[string]map[string]int // account → protocol → relayed sessions
-	conns      map[net.Conn]struct{}
-	listeners  []net.Listener
-	closed     bool
-	wg         sync.WaitGroup
+	mu          sync.Mutex
+	perAccount  map[string]int
+	preLogin    map[netip.Addr]int        // connections in the login phase, per client address
+	preLoginAll int                       // and in all
+	open        map[string]map[string]int // account → protocol → relayed sessions
+	conns       map[net.Conn]struct{}
+	listeners   []net.Listener
+	closed      bool
+	wg          sync.WaitGroup
 }
 
 // New returns a Server for opts.
@@ -449,8 +450,12 @@ func (s *Server) dial(addr string) (*upstreamConn, error) {
 }
 
 // maxPreLogin is how many connections one address may have in the login
-// phase at once.
-const maxPreLogin = 20
+// phase at once, maxPreLoginAll how many all addresses together (many
+// hosts, or one IPv6 /64, cannot take every file descriptor).
+const (
+	maxPreLogin    = 20
+	maxPreLoginAll = 256
+)
 
 // loginDeadline sets c's deadline for the next command: LoginTimeout, but
 // not past LoginPhaseMax from start (a client that keeps sending NOOP does
@@ -476,17 +481,18 @@ func (s *Server) loginDeadline(c net.Conn, start time.Time) bool {
 func (s *Server) serveConn(c net.Conn, protocol string, end func()) {
 	ip := remoteIP(c)
 	s.mu.Lock()
-	busy := s.preLogin[ip] >= maxPreLogin
+	busy := s.preLogin[ip] >= maxPreLogin || s.preLoginAll >= maxPreLoginAll
 	if !busy {
 		s.preLogin[ip]++
+		s.preLoginAll++
 	}
 	s.mu.Unlock()
 	if busy {
 		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if protocol == IMAP {
-			io.WriteString(c, "* BYE [UNAVAILABLE] too many connections from your address are still logging in\r\n")
+			io.WriteString(c, "* BYE [UNAVAILABLE] too many connections are still logging in; try again shortly\r\n")
 		} else {
-			io.WriteString(c, "-ERR [SYS/TEMP] too many connections from your address are still logging in\r\n")
+			io.WriteString(c, "-ERR [SYS/TEMP] too many connections are still logging in; try again shortly\r\n")
 		}
 		end()
 		return
@@ -501,6 +507,7 @@ func (s *Server) serveConn(c net.Conn, protocol string, end func()) {
 	if s.preLogin[ip]--; s.preLogin[ip] <= 0 {
 		delete(s.preLogin, ip)
 	}
+	s.preLoginAll--
 	s.mu.Unlock()
 	if r == nil {
 		end()
