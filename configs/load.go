@@ -133,6 +133,7 @@ func Load(opts LoadOptions) (*Loaded, error) {
 			problems = append(problems, p)
 		}
 	}
+	out.Warnings = append(out.Warnings, shadowedSenders(&out.Config)...)
 	ifaces := opts.InterfaceAddrs
 	if ifaces == nil {
 		ifaces = interfaceAddrs

@@ -94,3 +94,42 @@ func TestProfile_ValidationNamesKeyAndFix(t *testing.T) {
 		})
 	}
 }
+
+// A sender pattern an earlier account already takes is a warning naming
+// both: the first matching account wins.
+func TestSenders_ShadowedPatternWarns(t *testing.T) {
+	for _, tc := range []struct {
+		q, p  string
+		shade bool
+	}{
+		{"*", "alerts@contoso.com", true},
+		{"*@contoso.com", "alerts@contoso.com", true},
+		{"*@contoso.com", "*@contoso.com", true},
+		{"*@*.contoso.com", "a@mail.contoso.com", true},
+		{"*@*.contoso.com", "*@*.eu.contoso.com", true},
+		{"*@contoso.com", "alerts@mail.contoso.com", false},
+		{"alerts@contoso.com", "*@contoso.com", false},
+		{"*@*.contoso.com", "a@contoso.com", false},
+		{"a@contoso.com", "*", false},
+	} {
+		if got := senderCovers(tc.q, tc.p); got != tc.shade {
+			t.Errorf("senderCovers(%q, %q) = %v", tc.q, tc.p, got)
+		}
+	}
+	got, err := Load(LoadOptions{File: writeFile(t, minimal+`  - name: later
+    tenant: contoso.onmicrosoft.com
+    client_id: 0000
+    mailbox: later@contoso.com
+    senders: ["alerts@contoso.com", "x@other.example"]
+`), Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws []string
+	for _, w := range got.Warnings {
+		ws = append(ws, w.String())
+	}
+	if len(ws) != 1 || !strings.Contains(ws[0], "accounts[1].senders[0]") || !strings.Contains(ws[0], "accounts[0] (helpdesk") {
+		t.Errorf("warnings %q", ws)
+	}
+}

@@ -462,3 +462,50 @@ func validateInbound(in *Inbound, add func(key, format string, args ...any)) {
 		add("inbound.max_connections_per_account", "must be at least 1 — e.g. 16")
 	}
 }
+
+// shadowedSenders warns about each sender pattern an earlier account's
+// pattern already takes: the first matching account wins, so such a
+// pattern never routes anything (a "*@contoso.com" account above an
+// "alerts@contoso.com" one).
+func shadowedSenders(c *Config) []Warning {
+	var ws []Warning
+	for i := range c.Accounts {
+		for j, p := range c.Accounts[i].Senders {
+		earlier:
+			for k := range i {
+				for _, q := range c.Accounts[k].Senders {
+					if senderCovers(q, p) {
+						ws = append(ws, Warning{Key: fmt.Sprintf("accounts[%d].senders[%d]", i, j),
+							Msg: fmt.Sprintf("%q is taken by accounts[%d] (%s, %q) first — the first matching account wins: move %s above it, or narrow that pattern", p, k, c.Accounts[k].Name, q, c.Accounts[i].Name)})
+						break earlier
+					}
+				}
+			}
+		}
+	}
+	return ws
+}
+
+// senderCovers reports whether every sender pattern p matches is matched
+// by pattern q too (patterns as relay.Router reads them).
+func senderCovers(q, p string) bool {
+	q, p = strings.ToLower(q), strings.ToLower(p)
+	if q == "*" {
+		return true
+	}
+	if p == "*" {
+		return false
+	}
+	ql, qd, _ := strings.Cut(q, "@")
+	pl, pd, _ := strings.Cut(p, "@")
+	if ql != "*" && ql != pl {
+		return false
+	}
+	if qd == pd {
+		return true
+	}
+	if rest, ok := strings.CutPrefix(qd, "*."); ok {
+		return strings.HasSuffix(strings.TrimPrefix(pd, "*"), "."+rest)
+	}
+	return false
+}
