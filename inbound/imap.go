@@ -240,57 +240,23 @@ func decodePlain(b64 string) (user, pass string, ok bool) {
 	return parts[1], parts[2], true
 }
 
-// login checks the local password and signs in upstream. done: the
-// session is over (relayed, or ended); failed: a wrong password.
+// login is Server.login with IMAP's answers, tagged with the client's tag.
 func (ic *imapConn) login(tag, user, pass string) (done, failed bool) {
-	s := ic.s
-	account, result := s.checkPassword(ic.ip, IMAP, user, pass)
-	switch result {
-	case LoginLockedOut:
-		s.event(IMAP, result)
-		ic.write("%s NO [UNAVAILABLE] too many failed logins from your address; try again later", tag)
-		return false, false
-	case LoginBadPassword:
-		s.event(IMAP, result)
-		ic.write("%s NO [AUTHENTICATIONFAILED] invalid user name or password", tag)
-		return false, true
-	}
-	if !s.acquire(account) {
-		s.event(IMAP, LoginBusy)
-		s.log.Warn("inbound: too many connections for the account", "protocol", IMAP, "account", account, "client", ic.ip.String(), "max", s.opts.MaxConnectionsPerAccount)
-		ic.write("%s NO [UNAVAILABLE] too many connections for this mailbox", tag)
-		return false, false
-	}
-	defer func() {
-		if ic.rel == nil {
-			s.release(account)
-		}
-	}()
-	var caps string
-	u, fail := s.signIn(IMAP, s.upstream(IMAP, account), account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
-		var refusal string
-		var err error
-		caps, refusal, err = imapUpstreamLogin(u, cred)
-		return refusal, err
+	ic.rel, done, failed = ic.s.login(IMAP, ic.c, ic.r, ic.ip, ic.write, user, pass, loginReplies{
+		lockedOut:   tag + " NO [UNAVAILABLE] too many failed logins from your address; try again later",
+		badPassword: tag + " NO [AUTHENTICATIONFAILED] invalid user name or password",
+		busy:        tag + " NO [UNAVAILABLE] too many connections for this mailbox",
+		unavailable: func(msg string, closing bool) string {
+			if closing {
+				return "* BYE [UNAVAILABLE] " + msg
+			}
+			return tag + " NO [UNAVAILABLE] " + msg
+		},
+	}, func(u *upstreamConn, cred tokens.Credential) (string, string, error) {
+		caps, refusal, err := imapUpstreamLogin(u, cred)
+		return tag + " OK [CAPABILITY " + caps + "] LOGIN completed", refusal, err
 	})
-	if fail != nil {
-		s.event(IMAP, fail.kind)
-		if fail.closeClient {
-			ic.write("* BYE [UNAVAILABLE] %s", fail.msg)
-			return true, false
-		}
-		ic.write("%s NO [UNAVAILABLE] %s", tag, fail.msg)
-		return false, false
-	}
-	s.event(IMAP, LoginOK)
-	ic.c.SetDeadline(time.Time{})
-	if err := ic.write("%s OK [CAPABILITY %s] LOGIN completed", tag, caps); err != nil {
-		s.log.Info("inbound: client left before its login's answer", "protocol", IMAP, "client", ic.ip.String(), "user", user, "account", account)
-		u.conn.Close()
-		return true, false
-	}
-	ic.rel = s.handOff(IMAP, user, account, ic.c, ic.r, u)
-	return true, false
+	return done, failed
 }
 
 // imapBad is a command the relay answers with BAD.

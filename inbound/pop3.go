@@ -204,53 +204,15 @@ func (pc *pop3Conn) authPlain(arg string) (user, pass, msg string, err error) {
 	return user, pass, "", nil
 }
 
-// login checks the local password and signs in upstream. done: the
-// session is over (relayed, or ended); failed: a wrong password.
+// login is Server.login with POP3's answers.
 func (pc *pop3Conn) login(user, pass string) (done, failed bool) {
-	s := pc.s
-	account, result := s.checkPassword(pc.ip, POP3, user, pass)
-	switch result {
-	case LoginLockedOut:
-		s.event(POP3, result)
-		pc.write("-ERR [SYS/TEMP] too many failed logins from your address; try again later")
-		return false, false
-	case LoginBadPassword:
-		s.event(POP3, result)
-		pc.write("-ERR [AUTH] invalid user name or password")
-		return false, true
-	}
-	if !s.acquire(account) {
-		s.event(POP3, LoginBusy)
-		s.log.Warn("inbound: too many connections for the account", "protocol", POP3, "account", account, "client", pc.ip.String(), "max", s.opts.MaxConnectionsPerAccount)
-		pc.write("-ERR [SYS/TEMP] too many connections for this mailbox")
-		return false, false
-	}
-	defer func() {
-		if pc.rel == nil {
-			s.release(account)
-		}
-	}()
-	var ok string
-	u, fail := s.signIn(POP3, s.upstream(POP3, account), account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
-		var refusal string
-		var err error
-		ok, refusal, err = pop3UpstreamLogin(u, cred)
-		return refusal, err
-	})
-	if fail != nil {
-		s.event(POP3, fail.kind)
-		pc.write("-ERR [SYS/TEMP] %s", fail.msg)
-		return fail.closeClient, false
-	}
-	s.event(POP3, LoginOK)
-	pc.c.SetDeadline(time.Time{})
-	if err := pc.write("%s", ok); err != nil {
-		s.log.Info("inbound: client left before its login's answer", "protocol", POP3, "client", pc.ip.String(), "user", user, "account", account)
-		u.conn.Close()
-		return true, false
-	}
-	pc.rel = s.handOff(POP3, user, account, pc.c, pc.r, u)
-	return true, false
+	pc.rel, done, failed = pc.s.login(POP3, pc.c, pc.r, pc.ip, pc.write, user, pass, loginReplies{
+		lockedOut:   "-ERR [SYS/TEMP] too many failed logins from your address; try again later",
+		badPassword: "-ERR [AUTH] invalid user name or password",
+		busy:        "-ERR [SYS/TEMP] too many connections for this mailbox",
+		unavailable: func(msg string, _ bool) string { return "-ERR [SYS/TEMP] " + msg },
+	}, pop3UpstreamLogin)
+	return done, failed
 }
 
 // pop3UpstreamLogin reads Exchange Online's greeting and signs in with

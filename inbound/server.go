@@ -345,6 +345,68 @@ func (s *Server) release(account string) {
 	}
 }
 
+// loginReplies are a protocol's answers to a login, by outcome.
+type loginReplies struct {
+	lockedOut, badPassword, busy string
+	// unavailable answers a sign-in upstream that failed (msg says why);
+	// closing: the session ends after it.
+	unavailable func(msg string, closing bool) string
+}
+
+// login is what a login is in both protocols: the local password (with
+// the lockout), one of the account's session slots, the sign-in upstream —
+// upLogin signs in and returns the line that answers the client's login —
+// the answer, and the hand-off of the session to the relay (rel). done:
+// the session is over (relayed, or ended); failed: a wrong password.
+// write writes one line to the client (c, r: its connection and line
+// reader now, after STARTTLS if any).
+func (s *Server) login(protocol string, c net.Conn, r *lineReader, ip netip.Addr, write func(string, ...any) error,
+	user, pass string, replies loginReplies,
+	upLogin func(*upstreamConn, tokens.Credential) (okLine, refusal string, err error)) (rel *relay, done, failed bool) {
+	account, result := s.checkPassword(ip, protocol, user, pass)
+	switch result {
+	case LoginLockedOut:
+		s.event(protocol, result)
+		write("%s", replies.lockedOut)
+		return nil, false, false
+	case LoginBadPassword:
+		s.event(protocol, result)
+		write("%s", replies.badPassword)
+		return nil, false, true
+	}
+	if !s.acquire(account) {
+		s.event(protocol, LoginBusy)
+		s.log.Warn("inbound: too many connections for the account", "protocol", protocol, "account", account, "client", ip.String(), "max", s.opts.MaxConnectionsPerAccount)
+		write("%s", replies.busy)
+		return nil, false, false
+	}
+	defer func() {
+		if rel == nil { // the slot goes with the session, if there is one
+			s.release(account)
+		}
+	}()
+	var ok string
+	u, fail := s.signIn(protocol, s.upstream(protocol, account), account, func(u *upstreamConn, cred tokens.Credential) (string, error) {
+		var refusal string
+		var err error
+		ok, refusal, err = upLogin(u, cred)
+		return refusal, err
+	})
+	if fail != nil {
+		s.event(protocol, fail.kind)
+		write("%s", replies.unavailable(fail.msg, fail.closeClient))
+		return nil, fail.closeClient, false
+	}
+	s.event(protocol, LoginOK)
+	c.SetDeadline(time.Time{})
+	if err := write("%s", ok); err != nil {
+		s.log.Info("inbound: client left before its login's answer", "protocol", protocol, "client", ip.String(), "user", user, "account", account)
+		u.conn.Close()
+		return nil, true, false
+	}
+	return s.handOff(protocol, user, account, c, r, u), true, false
+}
+
 // upstreamConn is a TLS connection to Exchange Online during its login.
 type upstreamConn struct {
 	conn net.Conn
