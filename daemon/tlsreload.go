@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -37,15 +36,7 @@ func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader,
 	return r, nil
 }
 
-func (r *certReloader) fileStamp() string {
-	var s string
-	for _, f := range []string{r.certFile, r.keyFile} {
-		if fi, err := os.Stat(f); err == nil {
-			s += fmt.Sprintf("%d/%d;", fi.ModTime().UnixNano(), fi.Size())
-		}
-	}
-	return s
-}
+func (r *certReloader) fileStamp() string { return credfile.Stamp(r.certFile, r.keyFile) }
 
 // GetCertificate is tls.Config.GetCertificate.
 func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -3,9 +3,9 @@ package tokens
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/url"
-	"os"
+
+	"github.com/oauthrelay/oauthrelay/internal/credfile"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
@@ -73,18 +73,9 @@ func explainCertificate(err error) Explanation {
 }
 
 // certStamp identifies the current contents of a's credential files (the
-// certificate pair, the service account key) by size and modification
-// time.
+// certificate pair, the service account key).
 func certStamp(a Account) string {
-	s := ""
-	for _, f := range []string{a.CertFile, a.KeyFile, a.ServiceAccountFile} {
-		if fi, err := os.Stat(f); err == nil {
-			s += fmt.Sprintf("%d:%d;", fi.Size(), fi.ModTime().UnixNano())
-		} else {
-			s += "-;"
-		}
-	}
-	return s
+	return credfile.Stamp(a.CertFile, a.KeyFile, a.ServiceAccountFile)
 }
 
 // retryNewCertificate tries a misconfigured certificate account again

@@ -58,3 +58,22 @@ func Read(path string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Stamp identifies the current contents of files by size and modification
+// time (a file that cannot be stat'ed counts as "-"), so a caller can tell
+// when one was replaced — a renewed certificate, a rotated key — without
+// reading them. Empty paths are skipped.
+func Stamp(files ...string) string {
+	s := ""
+	for _, f := range files {
+		if f == "" {
+			continue
+		}
+		if fi, err := os.Stat(f); err == nil {
+			s += fmt.Sprintf("%d:%d;", fi.Size(), fi.ModTime().UnixNano())
+		} else {
+			s += "-;"
+		}
+	}
+	return s
+}

@@ -43,3 +43,16 @@ func TestRead(t *testing.T) {
 		t.Fatal("reading a FIFO hangs")
 	}
 }
+
+func TestStamp(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "cert.pem")
+	if got := Stamp(f, ""); got != "-;" {
+		t.Errorf("a missing file: %q", got)
+	}
+	os.WriteFile(f, []byte("one"), 0o600)
+	a := Stamp(f)
+	os.WriteFile(f, []byte("other"), 0o600)
+	if b := Stamp(f); b == a || b == "-;" {
+		t.Errorf("a rewritten file keeps its stamp %q", a)
+	}
+}
