@@ -109,7 +109,7 @@ func readFile(file, key string) ([]byte, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		fix = "check the path of " + key
 	case errors.Is(err, credfile.ErrNotRegular):
-		fix = "name a regular file holding the PEM in " + key
+		fix = "name a regular file in " + key
 	}
 	why := err.Error()
 	var pe *fs.PathError

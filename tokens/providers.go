@@ -6,13 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"io/fs"
 	"slices"
 	"strings"
 
-	"github.com/oauthrelay/oauthrelay/internal/credfile"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/jwt"
 )
@@ -159,15 +156,9 @@ func ReadServiceAccount(path string) (serviceAccountKey, error) {
 	bad := func(problem, fix string) error {
 		return &CertificateError{File: path, Key: key, Problem: problem, Fix: fix}
 	}
-	b, err := credfile.Read(path)
+	b, err := readFile(path, key)
 	if err != nil {
-		var pe *fs.PathError
-		why := err.Error()
-		if errors.As(err, &pe) {
-			why = pe.Err.Error()
-		}
-		return k, &CertificateError{File: path, Key: key, Problem: "cannot be read: " + why,
-			Fix: "check the path and that the relay's user may read it", Err: err}
+		return k, err
 	}
 	if err := json.Unmarshal(b, &k); err != nil {
 		return k, bad("is not a JSON key file ("+err.Error()+")", downloadKey)
