@@ -255,11 +255,9 @@ func (s *Server) Close() error {
 // allowed reports whether a client may connect, and whether it is on
 // loopback (the only place a password may come from without TLS).
 func (s *Server) allowed(c net.Conn) (ip netip.Addr, ok, loopback bool) {
-	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
-	if err != nil {
-		return netip.Addr{}, false, false
+	if ip = remoteIP(c); !ip.IsValid() {
+		return ip, false, false
 	}
-	ip = ap.Addr().Unmap()
 	for _, p := range s.opts.AllowedNetworks {
 		if p.Contains(ip) {
 			return ip, true, ip.IsLoopback()
