@@ -53,15 +53,22 @@ func googleHarness(t *testing.T, flow string, mod func(*configs.Config, *fakegoo
 	return h, g
 }
 
+// connectGoogle registers the relay's OAuth client at the fake Google and
+// connects the account through the Connect page, signed in as gmailbox.
+func connectGoogle(h *harness, g *fakegoogle.Google) {
+	h.t.Helper()
+	g.OAuth.RegisterClient(googleClient, googleSecret, "http://"+h.relay.AdminAddr()+"/oauth/callback")
+	g.OAuth.SignInAs(gmailbox)
+	h.connect()
+}
+
 // A Gmail account connected through the Connect page (authorization code,
 // PKCE, the client secret Google requires, access_type=offline) sends
 // through smtp.gmail.com as itself.
 func TestGoogle_ConnectPageThenMailFlows(t *testing.T) {
 	t.Parallel()
 	h, g := googleHarness(t, configs.FlowAuthorizationCode, nil)
-	g.OAuth.RegisterClient(googleClient, googleSecret, "http://"+h.relay.AdminAddr()+"/oauth/callback")
-	g.OAuth.SignInAs(gmailbox)
-	h.connect()
+	connectGoogle(h, g)
 	if _, err := send(h.relay.SMTPAddr(), gmailbox, []string{"bob@example.com"}, message(1, gmailbox, "bob@example.com", "via Gmail\r\n"), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -87,9 +94,7 @@ func TestGoogle_RevokedGrantPausesUntilReconnect(t *testing.T) {
 	h, g := googleHarness(t, configs.FlowAuthorizationCode, func(c *configs.Config, _ *fakegoogle.Google) {
 		c.Delivery.Retry = []time.Duration{time.Hour}
 	})
-	g.OAuth.RegisterClient(googleClient, googleSecret, "http://"+h.relay.AdminAddr()+"/oauth/callback")
-	g.OAuth.SignInAs(gmailbox)
-	h.connect()
+	connectGoogle(h, g)
 	g.OAuth.RevokeAll()
 	reply, err := send(h.relay.SMTPAddr(), gmailbox, []string{"bob@example.com"}, message(1, gmailbox, "bob@example.com", ""), nil)
 	if err != nil {
@@ -115,9 +120,7 @@ func TestGoogle_RevokedGrantPausesUntilReconnect(t *testing.T) {
 func TestGoogle_DailyLimitDefersNeverBounces(t *testing.T) {
 	t.Parallel()
 	h, g := googleHarness(t, configs.FlowAuthorizationCode, nil)
-	g.OAuth.RegisterClient(googleClient, googleSecret, "http://"+h.relay.AdminAddr()+"/oauth/callback")
-	g.OAuth.SignInAs(gmailbox)
-	h.connect()
+	connectGoogle(h, g)
 	g.SMTP.FailNext(fakegoogle.StageData, fakegoogle.ReplyDailyLimit)
 	if _, err := send(h.relay.SMTPAddr(), gmailbox, []string{"bob@example.com"}, message(1, gmailbox, "bob@example.com", ""), nil); err != nil {
 		t.Fatal(err)
@@ -173,9 +176,7 @@ func TestGoogle_ServiceAccount(t *testing.T) {
 func TestGoogle_BounceNamesGmail(t *testing.T) {
 	t.Parallel()
 	h, g := googleHarness(t, configs.FlowAuthorizationCode, nil)
-	g.OAuth.RegisterClient(googleClient, googleSecret, "http://"+h.relay.AdminAddr()+"/oauth/callback")
-	g.OAuth.SignInAs(gmailbox)
-	h.connect()
+	connectGoogle(h, g)
 	g.SMTP.FailNext(fakegoogle.StageRcpt, fakegoogle.ReplyNoSuchUser)
 	if _, err := send(h.relay.SMTPAddr(), gmailbox, []string{"nobody@example.com"}, message(1, gmailbox, "nobody@example.com", ""), nil); err != nil {
 		t.Fatal(err)
